@@ -1,0 +1,93 @@
+"""The record model every part of flux-proxy agrees on.
+
+An *execution* is everything seen for one W3C trace id. It is made of ordered
+*events*. Each event has two halves:
+
+- ``attrs``: plaintext fields that routing, indexing and display need (kinds,
+  timings, statement fingerprint, command tags, SQLSTATE, method, path...).
+- ``payload``: everything that may hold user data or secrets (SQL with
+  literals, bind values, rows, bodies, header values, row images). The store
+  keeps it as an opaque blob so that it can be sealed before it reaches disk.
+
+Both halves hold only msgpack-able values (str, int, float, bool, None, bytes,
+lists and dicts of those).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+# Event kinds. Strings, not an enum, because they are stored and typed by users.
+PG_QUERY: Final = "pg.query"
+PG_SESSION: Final = "pg.session"
+HTTP_INBOUND: Final = "http.inbound"
+HTTP_OUTBOUND: Final = "http.outbound"
+UDP: Final = "udp"
+MUTATION: Final = "mutation"
+
+KINDS: Final = frozenset({PG_QUERY, PG_SESSION, HTTP_INBOUND, HTTP_OUTBOUND, UDP, MUTATION})
+
+
+def new_span_id() -> str:
+    """A random 64-bit span id, 16 lowercase hex digits, never all zeros."""
+    while True:
+        span = os.urandom(8).hex()
+        if span != "0000000000000000":
+            return span
+
+
+def new_trace_id() -> str:
+    """A random 128-bit trace id, 32 lowercase hex digits, never all zeros."""
+    while True:
+        trace = os.urandom(16).hex()
+        if trace != "0" * 32:
+            return trace
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One thing the sidecar saw. ``trace_id`` None means unattributed (kept, never dropped)."""
+
+    kind: str
+    trace_id: str | None
+    span_id: str
+    parent_span_id: str | None
+    conn_id: str | None
+    start_ns: int  # wall clock, nanoseconds since the Unix epoch
+    duration_ns: int
+    error: bool = False
+    fingerprint: str | None = None  # statement fingerprint or call target, for matching
+    attrs: dict[str, Any] = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredEvent:
+    """An event as read back from a store: its id and its sequence number within its trace."""
+
+    id: int
+    seq: int
+    event: Event
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecutionSummary:
+    """One row of ``flux traces``."""
+
+    trace_id: str
+    start_ns: int
+    end_ns: int
+    events: int
+    queries: int
+    calls: int
+    errors: int
+    root_kind: str | None = None
+    method: str | None = None
+    path: str | None = None
+    status: int | None = None
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
