@@ -16,6 +16,7 @@ lists and dicts of those).
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -30,20 +31,19 @@ MUTATION: Final = "mutation"
 KINDS: Final = frozenset({PG_QUERY, PG_SESSION, HTTP_INBOUND, HTTP_OUTBOUND, UDP, MUTATION})
 
 
+# Ids need uniqueness, not secrecy. A seeded PRNG avoids a getrandom() system call per
+# event, which also released the GIL and made the recorder's threads convoy.
+_ids = random.Random(os.urandom(32))
+
+
 def new_span_id() -> str:
     """A random 64-bit span id, 16 lowercase hex digits, never all zeros."""
-    while True:
-        span = os.urandom(8).hex()
-        if span != "0000000000000000":
-            return span
+    return f"{_ids.getrandbits(64) or 1:016x}"
 
 
 def new_trace_id() -> str:
     """A random 128-bit trace id, 32 lowercase hex digits, never all zeros."""
-    while True:
-        trace = os.urandom(16).hex()
-        if trace != "0" * 32:
-            return trace
+    return f"{_ids.getrandbits(128) or 1:032x}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

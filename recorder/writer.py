@@ -30,6 +30,20 @@ _COUNTERS_ONLY_EVERY: Final = 1.0  # seconds between writes that carry no events
 _LOG_EVERY: Final = 100  # repeated failures are logged on the 1st, 101st, 201st...
 
 
+def _approximate_size(event: Event) -> int:
+    """What ``bytes.stored`` counts: payload bytes and strings, without packing them twice."""
+    return 64 + sum(len(v) for v in event.payload.values() if isinstance(v, bytes | str))
+
+
+def _packable(event: Event) -> bool:
+    try:
+        pack(event.attrs)
+        pack(event.payload)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
 class RecordWriter:
     def __init__(
         self,
@@ -50,6 +64,7 @@ class RecordWriter:
         self._flush_interval = flush_interval
 
         self._queue: deque[Any] = deque()
+        self._external: deque[dict[str, int]] = deque()
         self._wake = threading.Event()
         self._done = threading.Condition()
         self._closing = False
@@ -92,6 +107,11 @@ class RecordWriter:
             return True
         except Exception:  # the hot path must never raise into the proxy
             return False
+
+    def add_counters(self, values: dict[str, int]) -> None:
+        """Counter increments measured elsewhere (the sidecar's own drops), persisted with
+        the next write. Same thread rules as ``submit``."""
+        self._external.append(values)
 
     def stats(self) -> dict[str, int]:
         return {
@@ -177,7 +197,8 @@ class RecordWriter:
                     self._handled += count
                     self._done.notify_all()
         due = time.monotonic() - self._last_write >= _COUNTERS_ONLY_EVERY
-        if (final or due) and (self._dropped != self._dropped_seen or self._unsaved):
+        pending = self._dropped != self._dropped_seen or self._unsaved or self._external
+        if (final or due) and pending:
             self._write([], 0, final=final)
 
     def _to_events(self, items: list[Any]) -> tuple[list[Event], int]:
@@ -188,24 +209,23 @@ class RecordWriter:
         for item in items:
             try:
                 produced = process([item]) if process is not None else [item]
-                sizes = []
                 for event in produced:
                     if not isinstance(event, Event):
                         raise TypeError(f"expected an Event, got {type(event).__name__}")
-                    # Packing here also proves the event is msgpack-able, so a bad value
-                    # fails this one item instead of the whole batch's transaction.
-                    sizes.append(len(pack(event.attrs)) + len(pack(event.payload)))
             except Exception as exc:
                 self._failed += 1
                 self._add_unsaved(EVENTS_FAILED, 1)
                 self._log_failure("process", exc)
                 continue
             events.extend(produced)
-            size += sum(sizes)
+            size += sum(_approximate_size(event) for event in produced)
         return events, size
 
     def _write(self, events: list[Event], size: int, *, final: bool) -> None:
         dropped = self._dropped  # read once: the producer keeps counting meanwhile
+        while self._external:
+            for name, value in self._external.popleft().items():
+                self._add_unsaved(name, value)
         counters = dict(self._unsaved)
         for name, value in (
             (EVENTS_RECORDED, len(events)),
@@ -220,6 +240,17 @@ class RecordWriter:
                 if self._store is None:
                     self._store = self._store_factory()
                 self._store.write_batch(events, counters)
+            except (TypeError, ValueError, OverflowError) as exc:
+                # A value msgpack cannot encode: find the events at fault (packing each is
+                # the cost only this rare path pays), count them, write the others.
+                good = [e for e in events if _packable(e)]
+                if len(good) == len(events):
+                    raise
+                self._log_failure("encode", exc)
+                self._failed += len(events) - len(good)
+                self._add_unsaved(EVENTS_FAILED, len(events) - len(good))
+                self._write(good, sum(_approximate_size(e) for e in good), final=final)
+                return
             except Exception as exc:
                 self._log_failure("write", exc)
                 self._close_store()  # a fresh connection on retry, in case this one is broken
