@@ -1,0 +1,158 @@
+"""Settings: every one has a flag and an environment variable, and a laptop default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_DATA_DIR = ".flux"
+STORE_FILE = "flux.db"
+
+
+def parse_hostport(text: str, *, flag: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[::1]:PORT`` or ``:PORT`` (127.0.0.1); port 0 picks a free one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{flag} expects HOST:PORT, got {text!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(slots=True, kw_only=True)
+class Settings:
+    mode: str = "record"
+    upstream_db: str | None = None
+    app_url: str | None = None
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    store: str | None = None
+    listen_db: tuple[str, int] = ("127.0.0.1", 4432)
+    listen_admin: tuple[str, int] = ("127.0.0.1", 4001)
+    listen_http: tuple[str, int] = ("127.0.0.1", 4080)
+    listen_inbound: tuple[str, int] = ("127.0.0.1", 4000)
+    udp: list[str] = field(default_factory=list)
+    db_tls_cert: str | None = None
+    db_tls_key: str | None = None
+    admin_token: str | None = None
+    public_key: str | None = None
+    recorder_buffer: int = 64 << 20
+    max_cycle_bytes: int = 1 << 20
+    max_message_length: int = 1 << 30
+    shutdown_grace: float = 10.0
+
+    @property
+    def store_location(self) -> str:
+        return self.store or str(self.data_dir / STORE_FILE)
+
+
+def add_store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=env("FLUX_DATA_DIR", DEFAULT_DATA_DIR),
+        help="directory of the embedded store (FLUX_DATA_DIR, default ./.flux)",
+    )
+    parser.add_argument(
+        "--store",
+        default=env("FLUX_STORE"),
+        help="store location, overrides --data-dir (FLUX_STORE)",
+    )
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    add_store_flags(parser)
+    parser.add_argument(
+        "--mode",
+        default=env("FLUX_MODE", "record"),
+        choices=["record", "passthrough", "replay"],
+        help="record, replay or passthrough (FLUX_MODE, default record)",
+    )
+    parser.add_argument(
+        "--upstream-db",
+        default=env("FLUX_UPSTREAM_DB"),
+        help="postgresql:// URL of the real database (FLUX_UPSTREAM_DB)",
+    )
+    parser.add_argument(
+        "--app",
+        dest="app_url",
+        default=env("FLUX_APP_URL"),
+        help="URL of the application behind the inbound proxy (FLUX_APP_URL)",
+    )
+    for name, default in (("db", "4432"), ("admin", "4001"), ("http", "4080"), ("inbound", "4000")):
+        var = f"FLUX_LISTEN_{name.upper()}"
+        parser.add_argument(
+            f"--listen-{name}",
+            default=env(var, f"127.0.0.1:{default}"),
+            help=f"HOST:PORT to listen on ({var}, default 127.0.0.1:{default})",
+        )
+    parser.add_argument(
+        "--udp",
+        action="append",
+        default=[],
+        help="LISTEN=UPSTREAM[/dns] datagram mapping (repeatable)",
+    )
+    parser.add_argument(
+        "--db-tls-cert",
+        default=env("FLUX_DB_TLS_CERT"),
+        help="certificate for TLS on the PostgreSQL listener (FLUX_DB_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--db-tls-key",
+        default=env("FLUX_DB_TLS_KEY"),
+        help="key for TLS on the PostgreSQL listener (FLUX_DB_TLS_KEY)",
+    )
+    parser.add_argument(
+        "--admin-token",
+        default=env("FLUX_ADMIN_TOKEN"),
+        help="bearer token the admin API requires for changes (FLUX_ADMIN_TOKEN)",
+    )
+    parser.add_argument(
+        "--public-key",
+        default=env("FLUX_PUBLIC_KEY"),
+        help="recipient public key for sealing payloads (FLUX_PUBLIC_KEY)",
+    )
+    parser.add_argument(
+        "--recorder-buffer",
+        type=int,
+        default=int(env("FLUX_RECORDER_BUFFER", str(64 << 20)) or 0),
+        help="bytes waiting for the recorder process; beyond it events are dropped and counted",
+    )
+    parser.add_argument(
+        "--max-cycle-bytes",
+        type=int,
+        default=int(env("FLUX_MAX_CYCLE_BYTES", str(1 << 20)) or 0),
+        help="raw bytes kept per recorded cycle and direction (default 1 MiB)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        help="seconds open connections get to finish on SIGTERM",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings(
+        mode=args.mode,
+        upstream_db=args.upstream_db,
+        app_url=args.app_url,
+        data_dir=Path(args.data_dir),
+        store=args.store,
+        listen_db=parse_hostport(args.listen_db, flag="--listen-db"),
+        listen_admin=parse_hostport(args.listen_admin, flag="--listen-admin"),
+        listen_http=parse_hostport(args.listen_http, flag="--listen-http"),
+        listen_inbound=parse_hostport(args.listen_inbound, flag="--listen-inbound"),
+        udp=list(args.udp),
+        db_tls_cert=args.db_tls_cert,
+        db_tls_key=args.db_tls_key,
+        admin_token=args.admin_token,
+        public_key=args.public_key,
+        recorder_buffer=args.recorder_buffer,
+        max_cycle_bytes=args.max_cycle_bytes,
+        shutdown_grace=args.shutdown_grace,
+    )

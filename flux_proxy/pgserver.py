@@ -1,0 +1,93 @@
+"""The PostgreSQL listener and what its connections share."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from protocols import pgwire
+
+from .pgproxy import PgClientProtocol
+from .state import SidecarState
+from .upstream import UpstreamTarget
+
+log = logging.getLogger("flux.pg")
+
+
+class PgProxy:
+    def __init__(
+        self,
+        *,
+        upstream: UpstreamTarget,
+        state: SidecarState,
+        submit: Callable[[Any], bool],
+        tls_context: ssl.SSLContext | None = None,
+        max_cycle_bytes: int = pgwire.DEFAULT_MAX_CYCLE_BYTES,
+        max_message_length: int = pgwire.DEFAULT_MAX_MESSAGE_LENGTH,
+    ) -> None:
+        self.upstream = upstream
+        self.state = state
+        self.submit = submit
+        self.tls_context = tls_context
+        self.max_cycle_bytes = max_cycle_bytes
+        self.max_message_length = max_message_length
+        self.connections: set[PgClientProtocol] = set()
+        self._ids = itertools.count(1)
+        self._prefix = os.urandom(2).hex()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    @property
+    def mode(self) -> str:
+        return self.state.mode
+
+    @property
+    def mode_epoch(self) -> int:
+        return self.state.mode_epoch
+
+    def next_conn_id(self) -> str:
+        return f"pg-{self._prefix}-{next(self._ids)}"
+
+    def count(self, name: str) -> None:
+        self.state.counters[f"pg.{name}"] += 1
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def connection_opened(self, conn: PgClientProtocol) -> None:
+        self.connections.add(conn)
+        self.state.counters["pg.connections_total"] += 1
+
+    def connection_closed(self, conn: PgClientProtocol) -> None:
+        self.connections.discard(conn)
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: PgClientProtocol(self), host, port, backlog=1024, reuse_address=True
+        )
+        sockname = self._server.sockets[0].getsockname()
+        return sockname[0], sockname[1]
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stops accepting, lets open sessions finish for ``grace`` seconds, then closes them."""
+        await self.stop_accepting()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)

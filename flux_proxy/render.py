@@ -1,0 +1,161 @@
+"""Output of the read commands: rich for people, JSON for programs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from recorder.model import PG_QUERY, PG_SESSION, ExecutionSummary, StoredEvent
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _time(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _ms(ns: int) -> str:
+    return f"{ns / 1e6:.2f}ms"
+
+
+def _json(value: Any) -> int:
+    json.dump(value, sys.stdout, indent=2, default=_jsonable)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"hex": value.hex()}
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def traces(rows: list[ExecutionSummary], output: str) -> int:
+    if output == "json":
+        return _json(
+            [
+                {
+                    "trace_id": r.trace_id,
+                    "start": _time(r.start_ns),
+                    "start_ns": r.start_ns,
+                    "duration_ms": r.duration_ns / 1e6,
+                    "queries": r.queries,
+                    "calls": r.calls,
+                    "events": r.events,
+                    "errors": r.errors,
+                    "method": r.method,
+                    "path": r.path,
+                    "status": r.status,
+                }
+                for r in rows
+            ]
+        )
+    table = Table(title="recent executions", title_justify="left")
+    for column in ("trace id", "start (UTC)", "duration", "request", "queries", "calls", "errors"):
+        table.add_column(column, no_wrap=True)
+    for r in rows:
+        request = f"{r.method} {r.path} → {r.status}" if r.method else "-"
+        errors = f"[red]{r.errors}[/red]" if r.errors else "0"
+        table.add_row(
+            r.trace_id,
+            _time(r.start_ns),
+            _ms(r.duration_ns),
+            request,
+            str(r.queries),
+            str(r.calls),
+            errors,
+        )
+    if not rows:
+        _console().print("no executions recorded yet")
+        return 0
+    _console().print(table)
+    return 0
+
+
+def describe(event: StoredEvent) -> str:
+    """One line saying what a span was, from its plaintext fields."""
+    e = event.event
+    attrs = e.attrs
+    if e.kind == PG_QUERY:
+        statements = attrs.get("statements") or []
+        sql = "; ".join(s.get("normalized", "") for s in statements) or "(no statement)"
+        tags = ", ".join(t for t in attrs.get("tags", []) if t)
+        parts = [sql if len(sql) <= 100 else sql[:97] + "..."]
+        if tags:
+            parts.append(f"→ {tags}")
+        if attrs.get("sqlstate"):
+            parts.append(f"ERROR {attrs['sqlstate']}")
+        if not attrs.get("complete", True):
+            parts.append("(connection ended mid-cycle)")
+        return " ".join(parts)
+    if e.kind == PG_SESSION:
+        return f"session {attrs.get('user')}@{attrs.get('database')} from {attrs.get('client')}"
+    return ", ".join(f"{k}={v}" for k, v in attrs.items() if not isinstance(v, list | dict))
+
+
+def trace(trace_id: str, events: list[StoredEvent], output: str) -> int:
+    if output == "json":
+        return _json(
+            {
+                "trace_id": trace_id,
+                "events": [
+                    {
+                        "seq": s.seq,
+                        "kind": s.event.kind,
+                        "span_id": s.event.span_id,
+                        "parent_span_id": s.event.parent_span_id,
+                        "conn_id": s.event.conn_id,
+                        "start_ns": s.event.start_ns,
+                        "duration_ms": s.event.duration_ns / 1e6,
+                        "error": s.event.error,
+                        "fingerprint": s.event.fingerprint,
+                        "attrs": s.event.attrs,
+                        "payload": {
+                            k: v
+                            for k, v in s.event.payload.items()
+                            if k not in ("frontend", "backend")
+                        },
+                    }
+                    for s in events
+                ],
+            }
+        )
+    console = _console()
+    if not events:
+        console.print(f"trace {trace_id}: no events")
+        return 0
+    start = min(s.event.start_ns for s in events)
+    end = max(s.event.start_ns + s.event.duration_ns for s in events)
+    console.print(f"[bold]trace {trace_id}[/bold]  {_time(start)} UTC  total {_ms(end - start)}")
+    table = Table(box=None, pad_edge=False)
+    for column in ("#", "+offset", "duration", "kind", "span"):
+        table.add_column(column, no_wrap=column != "span")
+    for s in events:
+        line = escape(describe(s))
+        if s.event.error:
+            line = f"[red]✗ {line}[/red]"
+        table.add_row(
+            str(s.seq), _ms(s.event.start_ns - start), _ms(s.event.duration_ns), s.event.kind, line
+        )
+    console.print(table)
+    return 0
+
+
+def stats(values: dict[str, int], output: str) -> int:
+    if output == "json":
+        return _json(values)
+    table = Table(box=None, show_header=False)
+    table.add_column("name")
+    table.add_column("value", justify="right")
+    for name in sorted(values):
+        table.add_row(name, f"{values[name]:,}")
+    _console().print(table)
+    return 0
