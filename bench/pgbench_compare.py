@@ -95,6 +95,23 @@ def start_pgbouncer(server: PgServer, workdir: Path) -> tuple[subprocess.Popen[b
     )
 
 
+def start_forwarder(server: PgServer) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "bench" / "uvloop_forwarder.py"),
+            "0",
+            server.host,
+            str(server.port),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    return proc, int(line.rsplit(":", 1)[1])
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -133,6 +150,8 @@ def main() -> int:
         bouncer_dir.mkdir()
         bouncer, bouncer_port = start_pgbouncer(server, bouncer_dir)
         stack.callback(bouncer.kill)
+        forwarder, forwarder_port = start_forwarder(server)
+        stack.callback(forwarder.kill)
         sidecars: dict[str, SidecarProcess] = {}
         for mode in ("passthrough", "record"):
             sidecar = start_sidecar(work / f"flux-{mode}", server, *extra, mode=mode)
@@ -141,6 +160,7 @@ def main() -> int:
         targets = {
             "direct": (server.host, server.port),
             "pgbouncer": ("127.0.0.1", bouncer_port),
+            "uvloop-forwarder": ("127.0.0.1", forwarder_port),
             "flux-passthrough": (sidecars["passthrough"].host, sidecars["passthrough"].port),
             "flux-record": (sidecars["record"].host, sidecars["record"].port),
         }
@@ -218,7 +238,7 @@ def _format_row(row: dict[str, object]) -> str:
     for name in ("flux-passthrough", "flux-record"):
         value = tps(name)
         cells.append(
-            f"{name} {value:9.0f} ({value / direct:.2f}x direct, {value / bouncer:.2f}x pgbouncer)"
+            f"{name} {value:7.0f} ({value / direct:.2f}x direct, {value / bouncer:.2f}x bouncer)"
         )
     return " | ".join(cells)
 

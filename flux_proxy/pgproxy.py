@@ -30,6 +30,10 @@ log = logging.getLogger("flux.pg")
 _STARTUP, _CONNECTING, _AUTH, _READY, _CLOSED = range(5)
 _TERMINATE = b"X\x00\x00\x00\x04"
 _AUTH_OK = 0
+REPLAY_UNAVAILABLE = (
+    "flux-proxy is in replay mode; PostgreSQL replay is not available in this version, "
+    "and nothing is forwarded to the upstream"
+)
 
 
 def fatal(code: str, message: str, detail: str | None = None) -> bytes:
@@ -155,13 +159,19 @@ class PgClientProtocol(asyncio.Protocol):
                 if rest:
                     self._startup_data(rest)
             case pgwire.CancelRequest():
-                self.proxy.spawn(cancel_request(self.proxy.upstream, packet))
+                if self.proxy.mode != "replay":
+                    self.proxy.spawn(cancel_request(self.proxy.upstream, packet))
                 self.transport.close()
             case pgwire.StartupMessage(protocol_version=version, parameters=parameters):
                 if version >> 16 != 3:
                     self._reject(
                         f"unsupported frontend protocol {version >> 16}.{version & 0xFFFF}"
                     )
+                    return
+                if self.proxy.mode == "replay":
+                    # Fail-closed: in replay mode nothing may reach the upstream.
+                    self.proxy.count("replay_refused")
+                    self._close_with(fatal("08004", REPLAY_UNAVAILABLE))
                     return
                 self._startup_packet = packet
                 self._parameters = parameters
@@ -288,6 +298,16 @@ class PgClientProtocol(asyncio.Protocol):
         """Called at idle points only, so recording starts and stops on cycle boundaries."""
         assert self.splitter is not None
         self._mode_epoch = self.proxy.mode_epoch
+        if self.proxy.mode == "replay":
+            self._finish_recording("switched to replay")
+            self._close_with(
+                fatal(
+                    "57P01",
+                    "terminating connection: flux-proxy switched to replay mode",
+                    REPLAY_UNAVAILABLE,
+                )
+            )
+            return
         recording = self.proxy.mode == "record"
         if recording and not self.recording:
             self.proxy.submit(

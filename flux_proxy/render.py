@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,9 @@ from recorder.model import PG_QUERY, PG_SESSION, ExecutionSummary, StoredEvent
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    # Piped output is read by people too (less, CI logs): do not squeeze it to 80 columns.
+    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
+    return Console(highlight=False, soft_wrap=False, width=width)
 
 
 def _time(ns: int) -> str:
@@ -59,8 +62,9 @@ def traces(rows: list[ExecutionSummary], output: str) -> int:
             ]
         )
     table = Table(title="recent executions", title_justify="left")
-    for column in ("trace id", "start (UTC)", "duration", "request", "queries", "calls", "errors"):
-        table.add_column(column, no_wrap=True)
+    table.add_column("trace id", no_wrap=True, min_width=32)
+    for column in ("start (UTC)", "duration", "request", "queries", "calls", "errors"):
+        table.add_column(column, no_wrap=column != "request")
     for r in rows:
         request = f"{r.method} {r.path} → {r.status}" if r.method else "-"
         errors = f"[red]{r.errors}[/red]" if r.errors else "0"

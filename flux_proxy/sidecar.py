@@ -63,8 +63,6 @@ class Sidecar:
 
     async def start(self) -> None:
         settings = self.settings
-        if settings.mode == "replay":
-            raise StartupError("replay mode is not available in this version yet")
         self.recorder = await self._open_recorder()
         if settings.upstream_db:
             try:

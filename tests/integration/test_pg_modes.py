@@ -1,0 +1,64 @@
+"""Modes seen from a PostgreSQL client: replay never reaches the upstream."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import psycopg
+import pytest
+
+from tests.fix_pg import PgServer
+from tests.fix_sidecar import SidecarProcess
+
+
+class Sentinel:
+    """A listener on the upstream's address that counts every connection it is offered."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def sentinel() -> Iterator[Sentinel]:
+    s = Sentinel()
+    yield s
+    s.close()
+
+
+def test_replay_mode_refuses_in_protocol_and_forwards_nothing(
+    pg15: PgServer, sentinel: Sentinel, sidecar_factory: Callable[..., SidecarProcess]
+) -> None:
+    sidecar = sidecar_factory(replace(pg15, port=sentinel.port), mode="replay")
+    with pytest.raises(psycopg.OperationalError, match="replay mode"):
+        psycopg.connect(sidecar.dsn(), connect_timeout=5)
+    # A CancelRequest is not forwarded either.
+    with socket.create_connection((sidecar.host, sidecar.port), timeout=5) as raw:
+        raw.sendall((16).to_bytes(4, "big") + (80877102).to_bytes(4, "big") + b"\0" * 8)
+        raw.settimeout(5)
+        assert raw.recv(100) == b""
+    assert sentinel.connections == 0
