@@ -1,8 +1,8 @@
 """The sidecar's end of the recorder: a child process fed through a pipe.
 
 ``submit`` is on the data path. It packs the item (msgpack, one C call),
-appends it to a list, and at most once per event loop iteration the list is
-written to the pipe in one system call. The pipe transport buffers what the
+appends it to a list, and every few milliseconds the list is written to the
+pipe in one system call. The pipe transport buffers what the
 child has not read yet; past ``max_buffer`` bytes new items are dropped and
 counted instead, so a slow disk never slows the traffic. Drop counts travel
 to the store through the same pipe.
@@ -22,6 +22,11 @@ from recorder.ingest import Counters, Item, pack_item
 log = logging.getLogger("flux.recorder")
 
 COUNTERS_EVERY = 1.0  # seconds
+# Each write to the pipe wakes the recorder process; on a small machine that wake-up,
+# once per query, cost more than the query. So items wait a few milliseconds and go
+# together, or at once when this many bytes are waiting.
+FLUSH_DELAY = 0.01
+FLUSH_BYTES = 256 << 10
 
 
 class RecorderLink:
@@ -72,10 +77,12 @@ class RecorderLink:
         self._pending.append(packed)
         self._pending_bytes += len(packed)
         self.submitted += 1
-        if not self._scheduled:
+        if self._pending_bytes >= FLUSH_BYTES:
+            self._flush()
+        elif not self._scheduled:
             self._scheduled = True
             assert self._loop is not None
-            self._loop.call_soon(self._flush)
+            self._loop.call_later(FLUSH_DELAY, self._flush)
         return True
 
     def _flush(self) -> None:
