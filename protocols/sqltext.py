@@ -33,8 +33,10 @@ _IDC = r"A-Za-z0-9_$\x80-\U0010ffff"
 _ID_START = r"A-Za-z_\x80-\U0010ffff"
 _NOT_IN_WORD = rf"(?<![{_IDC}].)"  # the character just matched does not continue a word
 _DIGITS = r"[0-9](?:_?[0-9])*"  # PostgreSQL 16 allows 1_000_000; ASCII digits only
-_NUMBER_REST = rf"(?:_?[0-9])*(?:\.(?:{_DIGITS})?)?(?:[eE][-+]?{_DIGITS})?"
+# "1..5" is 1, "..", 5 (as in PL/pgSQL's FOR i IN 1..5), hence (?!\.).
+_NUMBER_REST = rf"(?:_?[0-9])*(?:\.(?!\.)(?:{_DIGITS})?)?(?:[eE][-+]?{_DIGITS})?"
 _FOLD_SAFE = r"[^\"A-Z?\t\n\r\f\v ]*+"  # quoted-identifier text that folding leaves alone
+
 
 # The tokenizer only stops where work is needed. Every alternative starts
 # with a literal character so that the regex engine skips plain code in C
@@ -44,7 +46,7 @@ _FOLD_SAFE = r"[^\"A-Z?\t\n\r\f\v ]*+"  # quoted-identifier text that folding le
 # by looking behind the quote. Numbers written ".5" are found at the digit
 # and extended in Python, since a '.' candidate (a.b) is far more common.
 # The token kind follows from its first character, so the pattern has a
-# single group: every group costs time on every match.
+# single group: each group adds work to every match.
 #
 # Unterminated strings, identifiers and comments run to the end of the text,
 # as in the server's lexer (which then reports an error); that keeps their
@@ -53,6 +55,7 @@ def _token_pattern(not_in_word: str) -> str:
     return rf"""
       '(?:
             (?<=[eE]')(?<![{_IDC}]..)[^'\\]*(?:(?:\\[\s\S]|'')[^'\\]*)*'?  # E'\n'
+          | (?<=[bBxX]')(?<![{_IDC}]..)[^']*'?  # B'01', X'1F': no '' inside
           | [^']*(?:''[^']*)*'?
         )
     | "(?:
@@ -85,6 +88,7 @@ _KIND_BY_FIRST = {
     "$": "dollar",
     **{str(d): "num" for d in range(10)},
 }
+_FRACTION_RE = re.compile(rf"\.{_DIGITS}(?:[eE][-+]?{_DIGITS})?")
 _WORDY_STARTS = frozenset("$0123456789")  # tokens found only outside words
 _BLOCK_DELIM_RE = re.compile(r"/\*|\*/")
 _WS = " \t\n\r\f\v"  # PostgreSQL's whitespace; other Unicode spaces are identifier chars
@@ -96,29 +100,21 @@ _WORD_RE = re.compile(rf"[{_ID_START}][{_IDC}]*")
 # multi-row VALUES, in folded text (single spaces, lowercase). Each pattern
 # starts with a literal bracket so the engine can search for it quickly; the
 # keyword is checked by looking behind.
-_QLIST = r"\ ?\?(?:\ ?,\ ?\?)*\ ?"
-_IN_RE = re.compile(
-    rf"""
-    \((?:(?<=(?<![{_IDC}])in\ \()|(?<=(?<![{_IDC}])in\())
-    {_QLIST}\)
-    """,
-    re.VERBOSE,
-)
-_ARRAY_RE = re.compile(
-    rf"""
-    \[(?:(?<=(?<![{_IDC}])array\ \[)|(?<=(?<![{_IDC}])array\[))
-    {_QLIST}\]
-    """,
-    re.VERBOSE,
-)
+_QLIST = r" ?\?(?: ?, ?\?)* ?"
+
+
+def _after_keyword(keyword: str, bracket: str) -> str:
+    bracket = re.escape(bracket)
+    word_start = rf"(?<![{_IDC}]){keyword}"
+    return rf"{bracket}(?:(?<={word_start} {bracket})|(?<={word_start}{bracket}))"
+
+
+_IN_RE = re.compile(_after_keyword("in", "(") + _QLIST + r"\)")
+_ARRAY_RE = re.compile(_after_keyword("array", "[") + _QLIST + r"\]")
 _VALUES_RE = re.compile(
-    rf"""
-    \((?:(?<=(?<![{_IDC}])values\ \()|(?<=(?<![{_IDC}])values\())
-    (?P<tuple>{_QLIST})\)
-    (?:\ ?,\ ?\({_QLIST}\))*
-    (?:\ ?,\ ?\.\.\.)?  # already collapsed: keeps normalize idempotent
-    """,
-    re.VERBOSE,
+    _after_keyword("values", "(")
+    + rf"(?P<tuple>{_QLIST})\)(?: ?, ?\({_QLIST}\))*"
+    + r"(?: ?, ?\.\.\.)?"  # already collapsed: keeps normalize idempotent
 )
 
 # A '-' or '+' right before a number is part of the literal when it cannot be
@@ -189,45 +185,47 @@ def _scan(sql: str) -> Iterator[tuple[str, int, int]]:
     between tokens is plain code.
     """
     pos = 0
-    finditer = _TOKEN_RE.finditer
-    kind_by_first = _KIND_BY_FIRST
-    match: re.Match[str] | None
+    pattern = _TOKEN_RE
     while True:
-        restart = False
-        # finditer is much cheaper per token than repeated search() calls;
-        # it is restarted only after tokens whose end the pattern cannot find
-        # (nested comments, dollar quotes) or that end inside a "word".
-        for match in finditer(sql, pos):
-            while match is not None:
-                start, end = match.span()
-                kind = kind_by_first[sql[start]]
-                if kind == "str":
+        # finditer is much cheaper per token than repeated search() calls. It
+        # is restarted after tokens whose end the pattern cannot find (nested
+        # comments, dollar quotes), and after a number or dollar quote that
+        # ends in a word character: the next token may start right there even
+        # though the pattern's lookbehinds say "mid-word". normalize() puts a
+        # "?" there, so this keeps normalizing its output a no-op.
+        anchored, pattern = pattern is _TOKEN_AFTER_TOKEN_RE, _TOKEN_RE
+        for match in (_TOKEN_AFTER_TOKEN_RE if anchored else _TOKEN_RE).finditer(sql, pos):
+            start, end = match.span()
+            if anchored and start != pos:
+                break  # nothing right after that token; go on as usual
+            restart = anchored
+            kind = _KIND_BY_FIRST[sql[start]]
+            if kind == "num":
+                if start > pos and sql[start - 1] == "." and sql[start - 2 : start - 1] != ".":
+                    # ".5", even right after a word ("t1.5" is t1 and .5), but
+                    # "..5" is "..", 5 and ".5.5" is two numbers, not ".5." and 5.
+                    start -= 1
+                    fraction = _FRACTION_RE.match(sql, start)
+                    if fraction is not None and fraction.end() < end:
+                        end, restart = fraction.end(), True
+                if sql[end : end + 1] in _WORDY_STARTS:
+                    pattern, restart = _TOKEN_AFTER_TOKEN_RE, True
+            elif kind == "str":
+                if start and sql[start - 1] in "bBeEnNxX&":
                     start -= _prefix_length(sql, start)
-                elif kind == "num":
-                    if (
-                        start - 1 >= pos
-                        and sql[start - 1] == "."
-                        and not (start >= 2 and _in_word(sql[start - 2]))
-                    ):
-                        start -= 1  # ".5"
-                elif kind == "qid":
-                    if match.start(1) >= 0:
-                        kind = "iqid"
-                elif kind == "block":
-                    end = _block_end(sql, end)
-                    restart = True
-                elif kind == "dollar":
-                    close = sql.find(match.group(), end)
-                    end = len(sql) if close < 0 else close + (end - start)
-                    restart = True
-                yield kind, start, end
-                pos = end
-                match = None
-                if (kind == "num" or kind == "dollar") and sql[end : end + 1] in _WORDY_STARTS:
-                    # normalize() puts "?" here, which ends a word; so must we,
-                    # or normalizing its own output would change it.
-                    match = _TOKEN_AFTER_TOKEN_RE.match(sql, end)
-                    restart = True
+            elif kind == "qid":
+                if match.start(1) >= 0:
+                    kind = "iqid"
+            elif kind == "block":
+                end, restart = _block_end(sql, end), True
+            elif kind == "dollar":
+                close = sql.find(match.group(), end)
+                end = len(sql) if close < 0 else close + (end - start)
+                restart = True
+                if sql[end : end + 1] in _WORDY_STARTS:
+                    pattern = _TOKEN_AFTER_TOKEN_RE
+            yield kind, start, end
+            pos = end
             if restart:
                 break
         else:

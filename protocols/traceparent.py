@@ -15,7 +15,14 @@ import os
 import re
 from dataclasses import dataclass
 
-__all__ = ["TraceParent", "child", "new_traceparent", "parse_traceparent"]
+__all__ = [
+    "FLAG_RANDOM",
+    "FLAG_SAMPLED",
+    "TraceParent",
+    "child",
+    "new_traceparent",
+    "parse_traceparent",
+]
 
 # Fixed-width prefix shared by every version; only lowercase hex is valid.
 _PREFIX_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")

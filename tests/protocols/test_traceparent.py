@@ -4,7 +4,7 @@ import dataclasses
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.traceparent import TraceParent, child, new_traceparent, parse_traceparent
@@ -120,7 +120,7 @@ def test_traceparent_is_frozen_keyword_only() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         tp.flags = 0  # type: ignore[misc]
     with pytest.raises(TypeError):
-        TraceParent(0, TRACE, PARENT, 1)  # type: ignore[misc]
+        TraceParent(0, TRACE, PARENT, 1)  # type: ignore[call-arg]
 
 
 def test_new_traceparent_is_random_and_valid() -> None:
@@ -159,6 +159,7 @@ def test_child_of_future_version_is_version_00_without_reserved_flags() -> None:
     assert parse_traceparent(kid.format()) == kid
 
 
+@settings(deadline=None)  # timing is asserted separately; shared CI is noisy
 @given(st.text())
 def test_parse_never_raises(value: str) -> None:
     tp = parse_traceparent(value)
@@ -166,6 +167,7 @@ def test_parse_never_raises(value: str) -> None:
         assert parse_traceparent(tp.format()) is not None
 
 
+@settings(deadline=None)  # timing is asserted separately; shared CI is noisy
 @given(hex_ids, hex_parents, st.integers(0, 255), st.integers(0, 254))
 def test_format_parse_roundtrip(trace: str, parent: str, flags: int, version: int) -> None:
     tp = TraceParent(version=version, trace_id=trace, parent_id=parent, flags=flags)
