@@ -78,11 +78,19 @@ class PayloadSealer(Protocol):
     shaped and why every blob travels with the id of the key that sealed it.
     """
 
-    def seal_batch(self, payloads: Sequence[Mapping[str, Any]]) -> list[tuple[bytes, str | None]]:
-        """One ``(blob, key_id)`` per payload, in order."""
+    def seal_batch(
+        self, payloads: Sequence[Mapping[str, Any]], associated: Sequence[bytes] = ()
+    ) -> list[tuple[bytes, str | None]]:
+        """One ``(blob, key_id)`` per payload, in order.
+
+        ``associated`` is empty or one ``store.associated_data(...)`` per payload: bytes
+        that are not stored in the blob but must be given again to open it, so a blob
+        moved to another event does not open.
+        """
         ...
 
-    def unseal(self, blob: bytes, key_id: str | None) -> dict[str, Any]:
+    def unseal(self, blob: bytes, key_id: str | None, associated: bytes = b"") -> dict[str, Any]:
         """The payload dict for a stored blob. Must not raise for a key it cannot open:
-        display without the private key still has to work; return a marker instead."""
+        display without the private key still has to work; return a marker instead.
+        A blob that is damaged or opened for the wrong event raises ``PayloadError``."""
         ...

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from recorder.abc import PayloadSealer
 from recorder.model import HTTP_INBOUND, Event, ExecutionSummary, StoredEvent
+from recorder.sqlite_schema import SCHEMA, SCHEMA_VERSION
 from recorder.store import (
     AmbiguousTraceId,
     PlainSealer,
@@ -26,7 +27,10 @@ from recorder.store import (
     StoreError,
     StoreNotFound,
     TraceNotFound,
+    associated_data,
+    event_associated,
     normalize_prefix,
+    open_payload,
     pack,
     summarize,
     unpack,
@@ -34,52 +38,8 @@ from recorder.store import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
 _BUSY_TIMEOUT_S: Final = 5.0
 _FETCH: Final = 256
-
-_SCHEMA: Final = f"""
-CREATE TABLE events (
-    id INTEGER PRIMARY KEY,
-    trace_id TEXT,
-    seq INTEGER NOT NULL,
-    span_id TEXT NOT NULL,
-    parent_span_id TEXT,
-    kind TEXT NOT NULL,
-    conn_id TEXT,
-    start_ns INTEGER NOT NULL,
-    duration_ns INTEGER NOT NULL,
-    error INTEGER NOT NULL,
-    fingerprint TEXT,
-    attrs BLOB NOT NULL,
-    payload BLOB NOT NULL,
-    key_id TEXT
-);
--- Unique: a (trace, seq) collision would mean two writers raced, which must fail loudly.
--- Unattributed rows (NULL trace) are distinct to SQLite, so they are not constrained.
-CREATE UNIQUE INDEX events_trace_seq ON events(trace_id, seq);
-CREATE INDEX events_start ON events(start_ns);
-CREATE INDEX events_kind_fp ON events(kind, fingerprint);
-CREATE TABLE executions (
-    trace_id TEXT PRIMARY KEY,
-    start_ns INTEGER NOT NULL,
-    end_ns INTEGER NOT NULL,
-    events INTEGER NOT NULL,
-    queries INTEGER NOT NULL,
-    calls INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    root_kind TEXT,
-    root_start_ns INTEGER,
-    method TEXT,
-    path TEXT,
-    status INTEGER
-) WITHOUT ROWID;
-CREATE INDEX executions_start ON executions(start_ns);
--- `flux traces --errors` on a big store should not scan every execution.
-CREATE INDEX executions_failed ON executions(start_ns) WHERE errors > 0;
-CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-PRAGMA user_version = {SCHEMA_VERSION};
-"""
 
 _EVENT_COLS: Final = (
     "id, seq, trace_id, span_id, parent_span_id, kind, conn_id, start_ns, duration_ns, "
@@ -206,7 +166,7 @@ class SQLiteStore:
                     raise StoreNotFound(f"the flux store at {self.path} is not initialized yet")
                 # executescript would COMMIT our IMMEDIATE transaction first; run statements
                 # one by one so creation stays atomic.
-                for statement in _SCHEMA.split(";"):
+                for statement in SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
             conn.execute("COMMIT")
@@ -223,7 +183,9 @@ class SQLiteStore:
         if not events and not increments:
             return
         # Encode before taking the write lock: the lock is held only for SQLite work.
-        sealed = self._sealer.seal_batch([event.payload for event in events])
+        sealed = self._sealer.seal_batch(
+            [event.payload for event in events], [event_associated(event) for event in events]
+        )
         attrs = [pack(event.attrs) for event in events]
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
@@ -350,6 +312,7 @@ class SQLiteStore:
 
     def _decode(self, row: Any) -> StoredEvent:
         attrs = unpack(row[11])
+        aad = associated_data(trace_id=row[2], span_id=row[3], kind=row[5], start_ns=row[7])
         return StoredEvent(
             id=row[0],
             seq=row[1],
@@ -357,7 +320,7 @@ class SQLiteStore:
                 trace_id=row[2], span_id=row[3], parent_span_id=row[4], kind=row[5],
                 conn_id=row[6], start_ns=row[7], duration_ns=row[8], error=bool(row[9]),
                 fingerprint=row[10], attrs=attrs if isinstance(attrs, dict) else {},
-                payload=self._sealer.unseal(row[12], row[13]),
+                payload=open_payload(self._sealer, row[12], row[13], aad),
             ),
         )  # fmt: skip
 

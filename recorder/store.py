@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import msgpack
 
-from recorder.abc import Store
+from recorder.abc import PayloadSealer, Store
 from recorder.model import HTTP_INBOUND, HTTP_OUTBOUND, PG_QUERY, UDP, Event
 
 DB_FILENAME: Final = "flux.db"
@@ -30,7 +30,9 @@ BYTES_STORED: Final = "bytes.stored"
 
 MIN_PREFIX: Final = 6
 MAX_CANDIDATES: Final = 10  # ambiguous prefixes list at most this many ids
-SEALED_MARKER: Final = "__sealed__"
+# Payloads that could not be opened come back as one-key dicts, so a trace still shows.
+SEALED_MARKER: Final = "__sealed__"  # -> the key id(s) it is sealed to; no private key for them
+UNREADABLE_MARKER: Final = "__unreadable__"  # -> why it failed: damaged, moved, not a payload
 
 _HEX = re.compile(r"[0-9a-f]+")
 _CALL_KINDS: Final = frozenset({HTTP_OUTBOUND, UDP})
@@ -46,6 +48,14 @@ class SchemaVersionError(StoreError):
 
 class StoreNotFound(StoreError, FileNotFoundError):
     """A read-only open of a store that does not exist (or was never initialized)."""
+
+
+class PayloadError(StoreError):
+    """A stored payload that cannot be opened: altered, moved to another event, or garbage.
+
+    Never accompanied by partial plaintext. The encryption layer's errors derive from it,
+    so stores can catch it without importing the cryptography package.
+    """
 
 
 class InvalidTraceId(StoreError, ValueError):
@@ -79,17 +89,63 @@ def unpack(blob: bytes) -> Any:
     return msgpack.unpackb(blob, raw=False, strict_map_key=False)
 
 
+def associated_data(*, trace_id: str | None, span_id: str, kind: str, start_ns: int) -> bytes:
+    """The bytes that bind a payload to its event; the store passes them on write and read.
+
+    Only fields fixed before sealing and kept verbatim by the store and by bundle
+    export/import: ``seq`` and row ids are assigned later or renumbered on import.
+    So an event's trace id must never change once it is written. Newline separated
+    (no field can hold one) rather than msgpack: this runs for every event recorded.
+    """
+    return f"flux.event.v1\n{trace_id or '-'}\n{span_id}\n{kind}\n{start_ns}".encode()
+
+
+def event_associated(event: Event) -> bytes:
+    return associated_data(
+        trace_id=event.trace_id, span_id=event.span_id, kind=event.kind, start_ns=event.start_ns
+    )
+
+
+def open_payload(
+    sealer: PayloadSealer, blob: bytes, key_id: str | None, aad: bytes
+) -> dict[str, Any]:
+    """``sealer.unseal``, with a damaged payload turned into ``{UNREADABLE_MARKER: why}``.
+
+    One altered row must not make a whole trace unreadable; the marker says why, and
+    ``payload_problem`` lets a caller that needs the values (replay) refuse it.
+    """
+    try:
+        return sealer.unseal(blob, key_id, aad)
+    except PayloadError as exc:
+        return {UNREADABLE_MARKER: str(exc)}
+
+
+def payload_problem(payload: Mapping[str, Any]) -> str | None:
+    """Why a payload read from a store holds no values, or None when it does."""
+    if len(payload) == 1:
+        if SEALED_MARKER in payload:
+            return f"sealed to key id {payload[SEALED_MARKER]}; no matching private key given"
+        if UNREADABLE_MARKER in payload:
+            return f"unreadable: {payload[UNREADABLE_MARKER]}"
+    return None
+
+
 class PlainSealer:
     """The default sealer: plain msgpack, no key. Blobs sealed by a key it does not
     have come back as ``{"__sealed__": key_id}`` so a trace still displays."""
 
-    def seal_batch(self, payloads: Sequence[Mapping[str, Any]]) -> list[tuple[bytes, str | None]]:
-        return [(pack(p), None) for p in payloads]
+    def seal_batch(
+        self, payloads: Sequence[Mapping[str, Any]], associated: Sequence[bytes] = ()
+    ) -> list[tuple[bytes, str | None]]:
+        return [(pack(p), None) for p in payloads]  # nothing to bind: plaintext
 
-    def unseal(self, blob: bytes, key_id: str | None) -> dict[str, Any]:
+    def unseal(self, blob: bytes, key_id: str | None, associated: bytes = b"") -> dict[str, Any]:
         if key_id is not None:
             return {SEALED_MARKER: key_id}
-        value = unpack(blob)
+        try:
+            value = unpack(blob)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise PayloadError(f"plain payload is not msgpack: {exc}") from None
         return value if isinstance(value, dict) else {"value": value}
 
 
@@ -174,11 +230,17 @@ def summarize(events: Iterable[Event]) -> dict[str, ExecutionDelta]:
     return deltas
 
 
-def open_store(location: str | os.PathLike[str], *, readonly: bool = False) -> Store:
+def open_store(
+    location: str | os.PathLike[str],
+    *,
+    readonly: bool = False,
+    sealer: PayloadSealer | None = None,
+) -> Store:
     """A store from ``FLUX_STORE``/``--store`` or ``FLUX_DATA_DIR``/``--data-dir``.
 
     A directory (existing or not) means the embedded store ``<dir>/flux.db``; a
     path ending in ``.db`` is used as the file itself; ``sqlite:///path`` too.
+    ``sealer`` seals payloads on write and opens them on read (default: plain).
     """
     text = os.fspath(location)
     if text.startswith(("postgresql://", "postgres://")):
@@ -190,4 +252,4 @@ def open_store(location: str | os.PathLike[str], *, readonly: bool = False) -> S
         path = path / DB_FILENAME
     from recorder.sqlite_store import SQLiteStore  # here: avoids an import cycle
 
-    return SQLiteStore(path, readonly=readonly)
+    return SQLiteStore(path, readonly=readonly, sealer=sealer)

@@ -94,11 +94,13 @@ def test_round_trip_every_field_type(store: SQLiteStore) -> None:
 def test_payload_stored_as_is_with_key_id(tmp_path: Path) -> None:
     class FakeSealer:
         def seal_batch(
-            self, payloads: Sequence[Mapping[str, Any]]
+            self, payloads: Sequence[Mapping[str, Any]], associated: Sequence[bytes] = ()
         ) -> list[tuple[bytes, str | None]]:
             return [(b"sealed:" + pack(dict(p)), "k1") for p in payloads]
 
-        def unseal(self, blob: bytes, key_id: str | None) -> dict[str, Any]:
+        def unseal(
+            self, blob: bytes, key_id: str | None, associated: bytes = b""
+        ) -> dict[str, Any]:
             return {"blob": blob, "key_id": key_id}
 
     path = tmp_path / "flux.db"
@@ -238,11 +240,13 @@ def test_failed_batch_writes_nothing(store: SQLiteStore) -> None:
 
     class BrokenSealer:
         def seal_batch(
-            self, payloads: Sequence[Mapping[str, Any]]
+            self, payloads: Sequence[Mapping[str, Any]], associated: Sequence[bytes] = ()
         ) -> list[tuple[bytes, str | None]]:
             return [(b"", None)]  # one short: fails after the transaction began
 
-        def unseal(self, blob: bytes, key_id: str | None) -> dict[str, Any]:
+        def unseal(
+            self, blob: bytes, key_id: str | None, associated: bytes = b""
+        ) -> dict[str, Any]:
             return {}
 
     store._sealer = BrokenSealer()
