@@ -1,0 +1,1 @@
+"""HTTP(S) interception: mitmproxy on the sidecar's event loop, with our recording addon."""
