@@ -50,12 +50,16 @@ def sentinel() -> Iterator[Sentinel]:
     s.close()
 
 
-def test_replay_mode_refuses_in_protocol_and_forwards_nothing(
+def test_replay_mode_answers_itself_and_forwards_nothing(
     pg15: PgServer, sentinel: Sentinel, sidecar_factory: Callable[..., SidecarProcess]
 ) -> None:
     sidecar = sidecar_factory(replace(pg15, port=sentinel.port), mode="replay")
-    with pytest.raises(psycopg.OperationalError, match="replay mode"):
-        psycopg.connect(sidecar.dsn(), connect_timeout=5)
+    # The sidecar is the server: startup succeeds without the upstream (any password)...
+    with psycopg.connect(sidecar.dsn(password="not-checked"), connect_timeout=5) as conn:
+        # ...and a statement nobody recorded is an in-protocol error naming the problem.
+        with pytest.raises(psycopg.Error, match="no recorded answer") as failure:
+            conn.execute("SELECT 'never recorded'")
+        assert failure.value.sqlstate == "R9001"
     # A CancelRequest is not forwarded either.
     with socket.create_connection((sidecar.host, sidecar.port), timeout=5) as raw:
         raw.sendall((16).to_bytes(4, "big") + (80877102).to_bytes(4, "big") + b"\0" * 8)

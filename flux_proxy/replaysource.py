@@ -1,0 +1,106 @@
+"""Where replay answers come from: the store, loaded around the traces being replayed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from recorder.abc import PayloadSealer
+from recorder.model import StoredEvent
+from recorder.pgreplay import Hit, Miss, ReplayIndex
+from recorder.store import StoreError, TraceNotFound, open_store
+
+log = logging.getLogger("flux.replay")
+
+# A trace's statements may use statements prepared earlier on the same connection:
+# load what the connections did this long before the trace started.
+CONTEXT_NS = 60 * 10**9
+UNATTRIBUTED_LIMIT = 5000
+
+
+class PgReplaySource:
+    def __init__(self, store_location: str, sealer: PayloadSealer | None = None) -> None:
+        self.location = store_location
+        self.sealer = sealer  # opens sealed payloads (the private keys); None: plain only
+        self.index = ReplayIndex()
+        self.scope: str | None = None  # the trace `flux replay` asked for, if any
+        self._loaded: set[int] = set()
+        self._traces: set[str | None] = set()
+        self.hits = 0
+        self.misses = 0
+
+    def reset(self, scope: str | None = None) -> None:
+        """A fresh index (consumption starts over), scoped to one trace or to none."""
+        self.index = ReplayIndex()
+        self._loaded.clear()
+        self._traces.clear()
+        self.scope = scope
+        if scope is not None:
+            self._load(scope)
+
+    def _add(self, events: Sequence[StoredEvent]) -> None:
+        fresh = sorted((e for e in events if e.id not in self._loaded), key=lambda e: e.id)
+        self._loaded.update(e.id for e in fresh)
+        self.index.add_events(fresh)
+
+    def _load(self, trace: str | None) -> None:
+        if trace in self._traces:
+            return
+        self._traces.add(trace)
+        try:
+            store = open_store(self.location, readonly=True, sealer=self.sealer)
+        except (StoreError, OSError) as exc:
+            log.error("replay cannot read the store at %s: %s", self.location, exc)
+            return
+        try:
+            if trace is None:
+                recent = list(
+                    store.events(kind="pg.query", trace_id=None, limit=UNATTRIBUTED_LIMIT)
+                )
+                self._add(recent + list(store.events(kind="pg.session", limit=100)))
+                return
+            try:
+                own = store.get_trace(trace)
+            except TraceNotFound:
+                log.warning("replay: trace %s is not in the store", trace)
+                return
+            start = min(e.event.start_ns for e in own)
+            end = max(e.event.start_ns + e.event.duration_ns for e in own)
+            conns = {e.event.conn_id for e in own}
+            around = [
+                e
+                for e in store.events(since_ns=start - CONTEXT_NS, until_ns=end + 1)
+                if e.event.conn_id in conns and e.event.kind.startswith("pg.")
+            ]
+            self._add(around + own)
+        finally:
+            store.close()
+
+    def parameter_status(self) -> dict[str, str]:
+        if not self.index.parameter_status:
+            self._load(None)
+        return self.index.parameter_status
+
+    def describe_statement(self, sql: str) -> tuple[bytes, ...] | None:
+        return self.index.describe_statement(sql)
+
+    def match(
+        self,
+        trace: str | None,
+        sql: str,
+        params: tuple[bytes | None, ...],
+        types: tuple[int, ...],
+        *,
+        simple: bool,
+    ) -> Hit | Miss:
+        self._load(trace)
+        result = self.index.match(trace, sql, params, types, simple=simple)
+        if isinstance(result, Miss) and trace is not None:
+            # Session-level traffic may only be in unattributed recordings.
+            self._load(None)
+            result = self.index.match(trace, sql, params, types, simple=simple)
+        if isinstance(result, Hit):
+            self.hits += 1
+        else:
+            self.misses += 1
+        return result

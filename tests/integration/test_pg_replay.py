@@ -1,0 +1,158 @@
+"""Record, then replay with the upstream gone: same answers, zero connections upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.fix_pg import PgServer
+from tests.fix_sidecar import SidecarProcess, start_sidecar
+from tests.integration.test_pg_modes import Sentinel
+
+TRACE = "5a1e0000000000000000000000000001"
+COMMENT = f"/*traceparent='00-{TRACE}-00f067aa0ba902b7-01'*/"
+
+
+@pytest.fixture
+def recorded(
+    pg_db: PgServer, tmp_path: Path
+) -> Iterator[Callable[[Callable[[str], Any]], tuple[Any, Any, SidecarProcess, Sentinel]]]:
+    """Runs a workload through a recording sidecar, then again through a replaying one."""
+    started: list[SidecarProcess] = []
+    sentinels: list[Sentinel] = []
+    with psycopg.connect(pg_db.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric)")
+        conn.execute("INSERT INTO accounts VALUES (1, 'ada', 100.50), (2, 'grace', 7)")
+
+    def run(workload: Callable[[str], Any]) -> tuple[Any, Any, SidecarProcess, Sentinel]:
+        data_dir = tmp_path / "flux"
+        recorder = start_sidecar(data_dir, pg_db)
+        started.append(recorder)
+        first = workload(recorder.dsn())
+        recorder.stop()
+        sentinel = Sentinel()
+        sentinels.append(sentinel)
+        replayer = start_sidecar(data_dir, replace(pg_db, port=sentinel.port), mode="replay")
+        started.append(replayer)
+        second = workload(replayer.dsn())
+        return first, second, replayer, sentinel
+
+    yield run
+    for sidecar in started:
+        sidecar.stop()
+    for sentinel in sentinels:
+        sentinel.close()
+
+
+def psycopg_workload(dsn: str) -> list[Any]:
+    out: list[Any] = []
+    with psycopg.connect(dsn) as conn:
+        out.append(
+            conn.execute(f"SELECT owner, balance FROM accounts ORDER BY id {COMMENT}").fetchall()
+        )
+        out.append(
+            conn.execute(f"SELECT balance FROM accounts WHERE id = %s {COMMENT}", (2,)).fetchone()
+        )
+        cur = conn.execute(
+            f"UPDATE accounts SET balance = balance + 1 WHERE id = %s {COMMENT}", (1,)
+        )
+        out.append(cur.rowcount)
+        conn.commit()
+        with conn.pipeline():
+            a = conn.execute(f"SELECT count(*) FROM accounts {COMMENT}")
+            b = conn.execute(f"SELECT max(id) FROM accounts {COMMENT}")
+        out += [a.fetchone(), b.fetchone()]
+        conn.commit()
+    return out
+
+
+def test_psycopg_sync_and_pipeline_replay_without_upstream(recorded: Any) -> None:
+    first, second, _, sentinel = recorded(psycopg_workload)
+    assert second == first
+    assert first[0] == [("ada", first[0][0][1]), ("grace", first[0][1][1])]
+    assert sentinel.connections == 0
+
+
+def test_asyncpg_prepared_binary_replay_without_upstream(recorded: Any) -> None:
+    async def work(dsn: str) -> list[Any]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            stmt = await conn.prepare(
+                f"SELECT id, owner, balance FROM accounts WHERE id = $1 {COMMENT}"
+            )
+            rows = [tuple(await stmt.fetchrow(i)) for i in (1, 2)]
+            async with conn.transaction():
+                total = await conn.fetchval(f"SELECT sum(balance) FROM accounts {COMMENT}")
+            return [rows, total]
+        finally:
+            await conn.close()
+
+    first, second, _, sentinel = recorded(lambda dsn: asyncio.run(work(dsn)))
+    assert second == first
+    assert sentinel.connections == 0
+
+
+def test_psql_simple_protocol_replay(recorded: Any, pg_db: PgServer) -> None:
+    def work(dsn: str) -> str:
+        sql = f"SELECT owner FROM accounts ORDER BY id {COMMENT}; SELECT 40 + 2 {COMMENT};"
+        result = subprocess.run(
+            [str(pg_db.psql_bin), "-X", "-A", "-t", "-d", dsn, "-c", sql],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return result.stdout + result.stderr
+
+    first, second, _, sentinel = recorded(work)
+    assert second == first and "ada" in first and "42" in first
+    assert sentinel.connections == 0
+
+
+def test_changed_query_is_a_miss_naming_the_recorded_statement(recorded: Any) -> None:
+    calls = {"n": 0}
+
+    def work(dsn: str) -> Any:
+        calls["n"] += 1
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            if calls["n"] == 1:
+                return conn.execute(
+                    f"SELECT owner FROM accounts WHERE id = %s {COMMENT}", (1,)
+                ).fetchall()
+            # The "new code" asks for another column: no recording answers it.
+            try:
+                conn.execute(f"SELECT owner, balance FROM accounts WHERE id = %s {COMMENT}", (1,))
+            except psycopg.Error as exc:
+                return exc
+            return None
+
+    _, error, replayer, sentinel = recorded(work)
+    assert isinstance(error, psycopg.Error)
+    assert error.sqlstate == "R9001"
+    assert "select owner from accounts where id = $1" in str(error)
+    assert sentinel.connections == 0
+    assert "no recorded answer" in replayer.stderr()
+
+
+def test_volatile_parameters_still_match(recorded: Any) -> None:
+    def work(dsn: str) -> Any:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            # Each run sends a different timestamp and a fresh UUID.
+            return conn.execute(
+                f"SELECT count(*) FROM accounts WHERE %s::timestamptz < now() + interval '1 day' "
+                f"AND %s::uuid IS NOT NULL {COMMENT}",
+                (datetime.datetime.now(datetime.UTC), uuid.uuid4()),
+            ).fetchone()
+
+    first, second, _, sentinel = recorded(work)
+    assert second == first == (2,)
+    assert sentinel.connections == 0
