@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 from recorder.store import StoreError
 
-from . import cmd_read, cmd_serve
+from . import cmd_admin, cmd_ca, cmd_doctor, cmd_k8s, cmd_keys, cmd_read, cmd_serve, cmd_state
 
-COMMAND_MODULES = [cmd_serve, cmd_read]
+COMMAND_MODULES = [cmd_serve, cmd_read, cmd_admin, cmd_k8s, cmd_ca, cmd_keys, cmd_doctor, cmd_state]
 
 
 def build_parser() -> argparse.ArgumentParser:

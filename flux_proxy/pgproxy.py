@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import struct
 import time
 from typing import TYPE_CHECKING, cast
 
 from protocols import pgwire
+from recorder.mutation.capture import StatementCapture
 from recorder.pgcapture import PgCycleCaptured, PgSessionEnded, PgSessionStarted
 
+from .pgrewrite import PgRewriter, shared_planner
+from .pgrows import server_major
 from .upstream import UpstreamProtocol, cancel_request, connect_upstream, set_nodelay
 
 if TYPE_CHECKING:
@@ -30,10 +34,23 @@ log = logging.getLogger("flux.pg")
 _STARTUP, _CONNECTING, _AUTH, _READY, _CLOSED = range(5)
 _TERMINATE = b"X\x00\x00\x00\x04"
 _AUTH_OK = 0
+_AUTH_SASL = 10
+# Mutation capture rewrites data-changing statements in record mode; FLUX_CAPTURE_MUTATIONS=off
+# records cycles only (an escape hatch: capture is on by default).
+CAPTURE_MUTATIONS = os.environ.get("FLUX_CAPTURE_MUTATIONS", "on").lower() not in ("0", "off", "no")
 REPLAY_UNAVAILABLE = (
     "flux-proxy is in replay mode; PostgreSQL replay is not available in this version, "
     "and nothing is forwarded to the upstream"
 )
+
+
+def _without_channel_binding(message: bytes) -> bytes:
+    """AuthenticationSASL minus SCRAM-SHA-256-PLUS: channel binding ties SCRAM to one TLS
+    session, and the client's session (if any) ends at the sidecar, not at the server."""
+    body = message[9:]  # type, length, the SASL code
+    mechanisms = [m for m in body.split(b"\0") if m and not m.endswith(b"-PLUS")]
+    payload = struct.pack("!I", _AUTH_SASL) + b"".join(m + b"\0" for m in mechanisms) + b"\0"
+    return b"R" + struct.pack("!I", len(payload) + 4) + payload
 
 
 def fatal(code: str, message: str, detail: str | None = None) -> bytes:
@@ -62,6 +79,10 @@ class PgClientProtocol(asyncio.Protocol):
         self._backend_key: bytes | None = None
         self._started_ns = 0
         self.splitter: pgwire.CycleSplitter | None = None
+        # Record mode's mutation capture: rewrites data-changing statements upstream and
+        # strips what it added from the answers (pgrewrite). Kept once made, so statements
+        # it prepared rewritten are still stripped after recording stops.
+        self.rewriter: PgRewriter | None = None
         self.recording = False
         self._mode_epoch = -1
         self._writing_paused = False
@@ -80,8 +101,13 @@ class PgClientProtocol(asyncio.Protocol):
             assert self.splitter is not None and self.upstream is not None
             try:
                 self.splitter.frontend(data, time.time_ns() if self.recording else 0)
+                if self.rewriter is not None:
+                    data = self.rewriter.frontend(data)
             except pgwire.RemoteProtocolError as exc:
                 self._protocol_violation(str(exc))
+                return
+            except Exception:
+                self._rewriter_failed()
                 return
             self.upstream.write(data)
         elif self.state == _AUTH:
@@ -105,7 +131,9 @@ class PgClientProtocol(asyncio.Protocol):
                 # The client vanished mid-query: cancel it so the backend is released now,
                 # not when the query would have finished.
                 self._send_cancel()
-            if splitter is None or splitter.at_frontend_boundary:
+            # Only between messages of an established session: mid-authentication the
+            # server would take a Terminate for a broken SASL exchange and log an error.
+            if was == _READY and splitter is not None and splitter.at_frontend_boundary:
                 upstream.write(_TERMINATE)
             upstream.close()
         self._finish_recording("client closed")
@@ -230,6 +258,16 @@ class PgClientProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.state == _CLOSED:
             return
+        if self.state == _AUTH:
+            self._auth_data(data)  # forwards each message once it is whole
+            return
+        captured: list[list[StatementCapture]] = []
+        if self.rewriter is not None and self.state == _READY:
+            try:
+                data, captured = self.rewriter.backend(data)
+            except Exception:
+                self._rewriter_failed()
+                return
         transport.write(data)
         if self.state == _READY:
             splitter = self.splitter
@@ -242,17 +280,18 @@ class PgClientProtocol(asyncio.Protocol):
             if cycles:
                 submit = self.proxy.submit
                 conn_id = self.conn_id
-                for cycle in cycles:
-                    submit(PgCycleCaptured(conn_id=conn_id, cycle=cycle))
+                for n, cycle in enumerate(cycles):
+                    captures = tuple(captured[n]) if n < len(captured) else ()
+                    submit(PgCycleCaptured(conn_id=conn_id, cycle=cycle, captures=captures))
             if self._mode_epoch != self.proxy.mode_epoch and splitter.idle:
                 self._apply_mode()
-        elif self.state == _AUTH:
-            self._auth_data(data)
 
     def _auth_data(self, data: bytes) -> None:
-        """Follows authentication to its end; nothing of it is kept before AuthenticationOk."""
+        """Follows authentication to its end, forwarding each message once it is whole;
+        nothing of it is kept before AuthenticationOk."""
         self._auth += data
         buf = self._auth
+        out: list[bytes] = []
         pos = 0
         while len(buf) - pos >= 5:
             type_byte = buf[pos]
@@ -263,21 +302,35 @@ class PgClientProtocol(asyncio.Protocol):
             end = pos + 1 + length
             if end > len(buf):
                 break
-            if type_byte == ord("R"):
-                self._authenticated = struct.unpack_from("!I", buf, pos + 5)[0] == _AUTH_OK
-            elif self._authenticated:
-                self._session_backend += buf[pos:end]
-                if type_byte == ord("K"):
-                    self._backend_key = bytes(buf[pos + 5 : end])
-                elif type_byte == ord("Z"):
-                    rest = bytes(buf[end:])
-                    buf.clear()
-                    self._ready(chr(self._session_backend[-1]), rest)
-                    return
+            message = bytes(buf[pos:end])
             pos = end
+            if type_byte == ord("R"):
+                code = struct.unpack_from("!I", message, 5)[0]
+                self._authenticated = code == _AUTH_OK
+                if code == _AUTH_SASL:
+                    message = _without_channel_binding(message)
+            elif self._authenticated:
+                self._session_backend += message
+                if type_byte == ord("K"):
+                    self._backend_key = message[5:]
+                elif type_byte == ord("Z"):
+                    out.append(message)
+                    self._forward(b"".join(out))
+                    rest = bytes(buf[pos:])
+                    buf.clear()
+                    self._ready(chr(message[-1]))
+                    if rest and self.state == _READY:
+                        self.upstream_data(rest)
+                    return
+            out.append(message)
+        self._forward(b"".join(out))
         del buf[:pos]
 
-    def _ready(self, status: str, rest: bytes) -> None:
+    def _forward(self, data: bytes) -> None:
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def _ready(self, status: str) -> None:
         self.state = _READY
         self.splitter = pgwire.CycleSplitter(
             keep_bytes=False,
@@ -286,13 +339,6 @@ class PgClientProtocol(asyncio.Protocol):
         )
         self.splitter.status = status
         self._apply_mode()
-        if rest:
-            self.upstream_data_after_auth(rest)
-
-    def upstream_data_after_auth(self, rest: bytes) -> None:
-        assert self.splitter is not None
-        for cycle in self.splitter.backend(rest, time.time_ns()):
-            self.proxy.submit(PgCycleCaptured(conn_id=self.conn_id, cycle=cycle))
 
     def _apply_mode(self) -> None:
         """Called at idle points only, so recording starts and stops on cycle boundaries."""
@@ -329,6 +375,15 @@ class PgClientProtocol(asyncio.Protocol):
             )
         self.recording = recording
         self.splitter.keep_bytes = recording
+        if recording and self.rewriter is None and CAPTURE_MUTATIONS:
+            params = dict(self._parameters)
+            self.rewriter = PgRewriter(
+                shared_planner(),
+                database=params.get("database") or params.get("user", ""),
+                server_major=server_major(bytes(self._session_backend)),
+            )
+        if self.rewriter is not None:
+            self.rewriter.enabled = recording
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.state == _CLOSED:
@@ -366,6 +421,14 @@ class PgClientProtocol(asyncio.Protocol):
             if partial is not None:
                 self.proxy.submit(PgCycleCaptured(conn_id=self.conn_id, cycle=partial))
         self.proxy.submit(PgSessionEnded(conn_id=self.conn_id, end_ns=now, reason=reason))
+
+    def _rewriter_failed(self) -> None:
+        # A bug in the capture layer: its view of the session is lost, so it could neither
+        # strip what it added nor tell the client's rows from its own. Closing is honest.
+        log.exception("connection %s: mutation capture failed; closing the session", self.conn_id)
+        self.proxy.count("capture_errors")
+        self._finish_recording("capture failed")
+        self._close_with(fatal("XX000", "flux-proxy: internal error in mutation capture"))
 
     def _send_cancel(self) -> None:
         if self._backend_key is None:

@@ -13,6 +13,8 @@ from typing import Any
 from protocols import pgwire
 
 from .pgproxy import PgClientProtocol
+from .pgreplay import PgReplayProtocol
+from .replaysource import PgReplaySource
 from .state import SidecarState
 from .upstream import UpstreamTarget
 
@@ -26,6 +28,7 @@ class PgProxy:
         upstream: UpstreamTarget,
         state: SidecarState,
         submit: Callable[[Any], bool],
+        replay: PgReplaySource,
         tls_context: ssl.SSLContext | None = None,
         max_cycle_bytes: int = pgwire.DEFAULT_MAX_CYCLE_BYTES,
         max_message_length: int = pgwire.DEFAULT_MAX_MESSAGE_LENGTH,
@@ -33,10 +36,12 @@ class PgProxy:
         self.upstream = upstream
         self.state = state
         self.submit = submit
+        self.replay = replay
+        self._replay_epoch = -1
         self.tls_context = tls_context
         self.max_cycle_bytes = max_cycle_bytes
         self.max_message_length = max_message_length
-        self.connections: set[PgClientProtocol] = set()
+        self.connections: set[PgClientProtocol | PgReplayProtocol] = set()
         self._ids = itertools.count(1)
         self._prefix = os.urandom(2).hex()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -61,20 +66,34 @@ class PgProxy:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def connection_opened(self, conn: PgClientProtocol) -> None:
+    def _accept(self) -> PgClientProtocol | PgReplayProtocol:
+        if self.state.mode != "replay":
+            return PgClientProtocol(self)
+        if self._replay_epoch != self.state.mode_epoch:
+            # Entering replay mode starts consumption over: every recording is unused again.
+            self._replay_epoch = self.state.mode_epoch
+            self.replay.reset(self.replay.scope)
+        return PgReplayProtocol(self)
+
+    def connection_opened(self, conn: PgClientProtocol | PgReplayProtocol) -> None:
         self.connections.add(conn)
         self.state.counters["pg.connections_total"] += 1
 
-    def connection_closed(self, conn: PgClientProtocol) -> None:
+    def connection_closed(self, conn: PgClientProtocol | PgReplayProtocol) -> None:
         self.connections.discard(conn)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: PgClientProtocol(self), host, port, backlog=1024, reuse_address=True
+            self._accept, host, port, backlog=1024, reuse_address=True
         )
         sockname = self._server.sockets[0].getsockname()
         return sockname[0], sockname[1]
+
+    @property
+    def serving(self) -> bool:
+        """The listener accepts connections (readiness)."""
+        return self._server is not None and self._server.is_serving()
 
     async def stop_accepting(self) -> None:
         if self._server is not None:

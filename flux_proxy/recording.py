@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from recorder.ingest import Counters, Item, pack_item
@@ -27,11 +29,21 @@ COUNTERS_EVERY = 1.0  # seconds
 # together, or at once when this many bytes are waiting.
 FLUSH_DELAY = 0.01
 FLUSH_BYTES = 256 << 10
+_SECRET_VARIABLES = frozenset({"FLUX_PRIVATE_KEY", "FLUX_ADMIN_TOKEN"})
 
 
 class RecorderLink:
-    def __init__(self, store_location: str, *, max_buffer: int = 64 << 20) -> None:
+    """``public_keys``: what payloads are sealed to; None stores them in plaintext."""
+
+    def __init__(
+        self,
+        store_location: str,
+        *,
+        public_keys: Sequence[str] | None,
+        max_buffer: int = 64 << 20,
+    ) -> None:
         self.store_location = store_location
+        self.public_keys = list(public_keys) if public_keys else None
         self.max_buffer = max_buffer
         self.submitted = 0
         self.dropped = 0
@@ -48,9 +60,12 @@ class RecorderLink:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        keys = [f"--public-key={key}" for key in self.public_keys or ()] or ["--no-encrypt"]
+        # The recorder seals and never opens: it gets public keys and none of our secrets.
+        child_env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "recorder.ingest", "--store", self.store_location,
-            stdin=asyncio.subprocess.PIPE,
+            sys.executable, "-m", "recorder.ingest", "--store", self.store_location, *keys,
+            stdin=asyncio.subprocess.PIPE, env=child_env,
         )  # fmt: skip
         self._stdin = self._process.stdin
         self._ticker = self._loop.call_later(COUNTERS_EVERY, self._tick)
@@ -58,6 +73,11 @@ class RecorderLink:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
+
+    @property
+    def alive(self) -> bool:
+        """The recorder process runs and takes items: what is submitted now gets stored."""
+        return self._process is not None and self._process.returncode is None and not self._closed
 
     def submit(self, item: Item) -> bool:
         if self._closed or self._stdin is None:

@@ -20,14 +20,18 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import msgpack
 
 from protocols.pgwire import RawCycle
 
+from .abc import PayloadSealer
+from .crypto import EnvelopeSealer
+from .keys import InvalidKey, load_public_keys
 from .model import Event
+from .mutation.capture import StatementCapture
 from .pgcapture import (
     PgCaptureItem,
     PgCycleCaptured,
@@ -77,6 +81,8 @@ def pack_item(item: Item) -> bytes:
                 c.truncated,
                 c.complete,
             ]
+            if item.captures:
+                fields.append([capture.to_wire() for capture in item.captures])
         case PgSessionStarted():
             fields = [
                 _SESSION_STARTED,
@@ -114,7 +120,9 @@ def pack_item(item: Item) -> bytes:
 def unpack_item(fields: list[Any]) -> Item:
     tag = fields[0]
     if tag == _CYCLE:
-        _, conn_id, frontend, backend, start_ns, end_ns, status, truncated, complete = fields
+        _, conn_id, frontend, backend, start_ns, end_ns, status, truncated, complete = fields[:9]
+        extra = fields[9] if len(fields) > 9 else ()
+        captures = tuple(StatementCapture.from_wire(c) for c in extra)
         cycle = RawCycle(
             frontend=frontend,
             backend=backend,
@@ -124,7 +132,7 @@ def unpack_item(fields: list[Any]) -> Item:
             truncated=truncated,
             complete=complete,
         )
-        return PgCycleCaptured(conn_id=conn_id, cycle=cycle)
+        return PgCycleCaptured(conn_id=conn_id, cycle=cycle, captures=captures)
     if tag == _SESSION_STARTED:
         _, conn_id, parameters, backend, client, upstream, start_ns, end_ns = fields
         return PgSessionStarted(
@@ -188,6 +196,7 @@ class Ingest:
 
     def __init__(self) -> None:
         self.pg = PgEventBuilder()
+        self.add_counters: Callable[[dict[str, int]], None] | None = None
 
     def process(self, items: list[Any]) -> list[Event]:
         events: list[Event] = []
@@ -198,14 +207,24 @@ class Ingest:
                 raise item
             else:
                 events.extend(self.pg.process(item))
+        counters = self.pg.mutations.counters
+        if counters and self.add_counters is not None:
+            self.add_counters(dict(counters))  # mutations captured, uncaptured (and why)
+            counters.clear()
         return events
 
 
-def run(store_location: str, fd: int = 0, *, max_queue: int = 100_000) -> int:
+def run(
+    store_location: str, fd: int = 0, *, sealer: PayloadSealer | None, max_queue: int = 100_000
+) -> int:
+    """``sealer`` None stores payloads in plaintext: only ever asked for explicitly."""
     ingest = Ingest()
     writer = RecordWriter(
-        lambda: open_store(store_location), process=ingest.process, max_queue=max_queue
+        lambda: open_store(store_location, sealer=sealer),
+        process=ingest.process,
+        max_queue=max_queue,
     )
+    ingest.add_counters = writer.add_counters
     try:
         for item in read_items(fd):
             if isinstance(item, Counters):
@@ -220,14 +239,29 @@ def run(store_location: str, fd: int = 0, *, max_queue: int = 100_000) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recorder.ingest")
     parser.add_argument("--store", required=True)
+    # Public keys only: the recorder can seal but never open what it writes.
+    parser.add_argument("--public-key", action="append", default=[], help="recipient (repeatable)")
+    parser.add_argument("--no-encrypt", action="store_true", help="UNSAFE: store plaintext")
     args = parser.parse_args(argv)
+    if args.no_encrypt == bool(args.public_key):
+        parser.error("give --public-key (one or more) or --no-encrypt")
+    sealer: PayloadSealer | None = None
+    if args.public_key:
+        try:
+            sealer = EnvelopeSealer(load_public_keys(" ".join(args.public_key)))
+        except InvalidKey as exc:
+            parser.error(str(exc))
     # The sidecar ends us by closing the pipe, after its last item; a Ctrl-C meant for
     # the sidecar must not make us stop reading first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="flux %(levelname)s %(name)s: %(message)s"
     )
-    return run(args.store)
+    if sealer is None:
+        log.warning(
+            "UNSAFE: --no-encrypt: payloads (rows, bind values, bodies) stored in plaintext"
+        )
+    return run(args.store, sealer=sealer)
 
 
 if __name__ == "__main__":

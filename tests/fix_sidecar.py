@@ -21,6 +21,7 @@ from tests.fix_pg import PgServer
 
 REPO = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"^flux: listening (\w+) \[?([^\]\s]+?)\]?:(\d+)")
+_UDP_LISTENING = re.compile(r"^flux: listening udp \[?([^\]\s]+?)\]?:(\d+) -> \S*:(\d+)")
 
 
 @dataclass
@@ -53,11 +54,34 @@ class SidecarProcess:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
+    def udp_listener(self, upstream_port: int, timeout: float = 10.0) -> tuple[str, int]:
+        """The ``--udp`` listener forwarding to ``upstream_port`` (several may be announced)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in list(self.stdout_lines):
+                match = _UDP_LISTENING.match(line)
+                if match and int(match[3]) == upstream_port:
+                    return match[1], int(match[2])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no udp listener toward port {upstream_port} announced")
+            time.sleep(0.05)
+
     def flux(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run_flux(*args, "--data-dir", str(self.data_dir), check=check)
 
     def flux_json(self, *args: str) -> Any:
         return json.loads(self.flux(*args, "--output", "json").stdout)
+
+    @property
+    def admin_url(self) -> str:
+        """The admin API's base URL; start the sidecar with ``expect=(..., "admin")``."""
+        host, port = self.listeners["admin"]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def url(self, listener: str) -> str:
+        """``http://HOST:PORT`` of a listener: ``http`` (the forward proxy) or ``inbound``."""
+        host, port = self.listeners[listener]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def stats(self) -> dict[str, int]:
         result: dict[str, int] = self.flux_json("stats")
@@ -109,6 +133,27 @@ def run_flux(
     return result
 
 
+_SEEDED_KEYS: list[tuple[str, str]] = []
+
+
+def seed_dev_keys(data_dir: Path) -> None:
+    """Writes one pair per test session where ``flux serve`` would make a development key:
+    an RSA-3072 key takes seconds to generate, and most tests start several sidecars."""
+    from recorder.keys import dev_key_paths, generate_keypair
+
+    if not _SEEDED_KEYS:
+        private, public = generate_keypair()
+        _SEEDED_KEYS.append((public.to_text(), private.to_text()))
+    pub_path, key_path = dev_key_paths(data_dir)
+    if pub_path.exists() or key_path.exists():
+        return
+    pub_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path, text in zip((pub_path, key_path), _SEEDED_KEYS[0], strict=True):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text + "\n")
+
+
 def start_sidecar(
     data_dir: Path,
     upstream: PgServer | None,
@@ -117,8 +162,15 @@ def start_sidecar(
     env: dict[str, str] | None = None,
     expect: tuple[str, ...] = ("pg",),
     timeout: float = 20.0,
+    app_url: str | None = None,
+    seed_key: bool = True,
 ) -> SidecarProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
+    if seed_key:
+        seed_dev_keys(data_dir)
+    # The admin API is announced last, once every listener is up and start-up work (the
+    # HTTP proxy's CA, keys) is done: until then the event loop may not answer promptly.
+    expect = (*expect, "admin") if "admin" not in expect else expect
     stderr_path = data_dir.parent / f"{data_dir.name}.stderr.log"
     command = [
         sys.executable,
@@ -141,6 +193,8 @@ def start_sidecar(
     ]
     if upstream is not None:
         command += ["--upstream-db", f"postgresql://{upstream.host}:{upstream.port}"]
+    if app_url is not None:
+        command += ["--app", app_url]
     stderr = stderr_path.open("w")
     proc = subprocess.Popen(
         command,

@@ -69,6 +69,7 @@ class CycleSplitter:
         "_frontend_scanner",
         "_max_bytes",
         "_pending",
+        "_pending_bytes",
         "keep_bytes",
         "status",
     )
@@ -89,6 +90,7 @@ class CycleSplitter:
         self._pending: deque[tuple[int, bytes, int, bool]] = deque()
         self._frontend_partial = bytearray()
         self._frontend_partial_truncated = False
+        self._pending_bytes = 0  # message bytes kept in _pending, bounded by the cycle cap
         self._backend = bytearray()
         self._backend_start_ns = 0
         self._backend_truncated = False
@@ -120,6 +122,12 @@ class CycleSplitter:
         keep = self.keep_bytes
         pos = 0
         for type_byte, end in ends:
+            if type_byte == _TERMINATE:
+                # Never answered by a ReadyForQuery: queued, it would look like a request
+                # still in progress when the session ends.
+                self._frontend_partial.clear()
+                pos = end
+                continue
             if self._discard_copy and not self._pending:
                 if type_byte in (_COPY_DATA, _COPY_DONE, _COPY_FAIL):
                     if type_byte != _COPY_DATA:
@@ -141,6 +149,11 @@ class CycleSplitter:
                 message = data[pos:end]
                 if len(message) > self._max_bytes:
                     message, truncated = message[: self._max_bytes], True
+            if message and self._pending_bytes + len(message) > self._max_bytes:
+                # A COPY FROM STDIN can send gigabytes in one cycle: keep its boundaries, not
+                # its bytes, beyond the cap.
+                message, truncated = b"", True
+            self._pending_bytes += len(message)
             self._pending.append((type_byte, message, now_ns, truncated))
             pos = end
         if keep and pos < len(data):
@@ -194,6 +207,7 @@ class CycleSplitter:
         pending = self._pending
         while pending:
             type_byte, message, arrived_ns, cut = pending.popleft()
+            self._pending_bytes -= len(message)
             if first_ns is None:
                 first_ns = arrived_ns
                 simple = type_byte == _QUERY
@@ -237,9 +251,6 @@ class CycleSplitter:
         """The connection ended: the cycle in progress, if any, as an incomplete one."""
         if not self.keep_bytes:
             return None
-        # A client that says goodbye (Terminate) has nothing in progress worth a record.
-        while self._pending and self._pending[-1][0] == _TERMINATE:
-            self._pending.pop()
         if not self._pending and not self._backend and not self._frontend_partial:
             return None
         if self._frontend_partial:

@@ -236,3 +236,26 @@ def test_terminate_alone_is_not_an_incomplete_cycle() -> None:
     splitter = pw.CycleSplitter()
     splitter.frontend(E(pw.Terminate()), 1)
     assert splitter.close(2) is None
+
+
+def test_terminate_is_not_a_request_in_progress() -> None:
+    splitter = pw.CycleSplitter()
+    splitter.frontend(E(pw.Query(query="SELECT 1")), 1)
+    splitter.backend(_complete("SELECT 1") + _ready(), 2)
+    splitter.frontend(E(pw.Terminate()), 3)
+    assert not splitter.awaiting_backend and splitter.idle
+
+
+def test_a_huge_copy_keeps_boundaries_not_bytes() -> None:
+    splitter = pw.CycleSplitter(max_cycle_bytes=1000)
+    splitter.frontend(E(pw.Query(query="COPY t FROM STDIN")), 1)
+    row = E(pw.CopyData(data=b"x" * 100))
+    for _ in range(10_000):  # 1 MB of rows against a 1000-byte cap
+        splitter.frontend(row, 1)
+    splitter.frontend(E(pw.CopyDone()), 1)
+    kept = sum(len(m[1]) for m in splitter._pending)
+    assert kept <= 1000
+    copy_in = E(pw.CopyInResponse(format=0, column_formats=(0,)))
+    (cycle,) = splitter.backend(copy_in + _complete("COPY 10000") + _ready(), 2)
+    assert cycle.truncated and len(cycle.frontend) <= 1000
+    assert splitter.idle  # every boundary was still tracked
