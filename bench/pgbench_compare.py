@@ -297,7 +297,7 @@ def _format_row(row: dict[str, object]) -> str:
         f"direct {direct:9.0f}",
         f"pgbouncer {bouncer:9.0f}",
     ]
-    for name in ("flux-passthrough", "flux-record"):
+    for name in ("uvloop-forwarder", "flux-passthrough", "flux-record"):
         value = rate(name)
         cells.append(
             f"{name} {value:7.0f} ({value / direct:.2f}x direct, {value / bouncer:.2f}x bouncer)"
