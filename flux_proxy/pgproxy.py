@@ -261,30 +261,30 @@ class PgClientProtocol(asyncio.Protocol):
         if self.state == _AUTH:
             self._auth_data(data)  # forwards each message once it is whole
             return
+        # From here on the session is established: the upstream exists only from AUTH on.
         captured: list[list[StatementCapture]] = []
-        if self.rewriter is not None and self.state == _READY:
+        if self.rewriter is not None:
             try:
                 data, captured = self.rewriter.backend(data)
             except Exception:
                 self._rewriter_failed()
                 return
         transport.write(data)
-        if self.state == _READY:
-            splitter = self.splitter
-            assert splitter is not None
-            try:
-                cycles = splitter.backend(data, time.time_ns() if self.recording else 0)
-            except pgwire.RemoteProtocolError as exc:
-                self._upstream_violation(str(exc))
-                return
-            if cycles:
-                submit = self.proxy.submit
-                conn_id = self.conn_id
-                for n, cycle in enumerate(cycles):
-                    captures = tuple(captured[n]) if n < len(captured) else ()
-                    submit(PgCycleCaptured(conn_id=conn_id, cycle=cycle, captures=captures))
-            if self._mode_epoch != self.proxy.mode_epoch and splitter.idle:
-                self._apply_mode()
+        splitter = self.splitter
+        assert splitter is not None
+        try:
+            cycles = splitter.backend(data, time.time_ns() if self.recording else 0)
+        except pgwire.RemoteProtocolError as exc:
+            self._upstream_violation(str(exc))
+            return
+        if cycles:
+            submit = self.proxy.submit
+            conn_id = self.conn_id
+            for n, cycle in enumerate(cycles):
+                captures = tuple(captured[n]) if n < len(captured) else ()
+                submit(PgCycleCaptured(conn_id=conn_id, cycle=cycle, captures=captures))
+        if self._mode_epoch != self.proxy.mode_epoch and splitter.idle:
+            self._apply_mode()
 
     def _auth_data(self, data: bytes) -> None:
         """Follows authentication to its end, forwarding each message once it is whole;

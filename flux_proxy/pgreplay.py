@@ -246,12 +246,17 @@ class PgReplayProtocol(asyncio.Protocol):
         else:
             self.out.extend(found)
 
-    def _describe_portal(self, portal: str) -> None:
+    def _resolved_portal(self, portal: str) -> _Portal | None:
+        """The portal with its execution matched, or None after answering with the error."""
         state = self.portals.get(portal)
         if state is None:
             self._fail("34000", f"portal {portal!r} does not exist")
-            return
-        if not self._resolve(state):
+            return None
+        return state if self._resolve(state) else None
+
+    def _describe_portal(self, portal: str) -> None:
+        state = self._resolved_portal(portal)
+        if state is None:
             return
         assert state.hit is not None
         recorded = state.hit.recorded
@@ -262,9 +267,8 @@ class PgReplayProtocol(asyncio.Protocol):
         """Matches the portal's execution once; later Describes and Executes reuse it."""
         if state.hit is not None:
             return True
-        if _transaction_tag(state.sql) is not None:
-            tag = _transaction_tag(state.sql)
-            assert tag is not None
+        tag = _transaction_tag(state.sql)
+        if tag is not None:
             response = (pgwire.encode(pgwire.CommandComplete(tag=tag)),)
             state.hit = Hit(recorded=_synthetic(state.sql, response))
         else:
@@ -279,11 +283,8 @@ class PgReplayProtocol(asyncio.Protocol):
         return True
 
     def _execute(self, portal: str, max_rows: int) -> None:
-        state = self.portals.get(portal)
+        state = self._resolved_portal(portal)
         if state is None:
-            self._fail("34000", f"portal {portal!r} does not exist")
-            return
-        if not self._resolve(state):
             return
         if max_rows and len(state.rows) > max_rows:
             self.out.extend(state.rows[:max_rows])
