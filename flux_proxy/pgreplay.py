@@ -84,6 +84,7 @@ class PgReplayProtocol(asyncio.Protocol):
         self.status = "I"
         self.skipping = False
         self.trace: str | None = None  # the trace this session's statements replay
+        self._generation = proxy.state.replay_generation
         self.statements: dict[str, tuple[str, tuple[int, ...]]] = {}
         self.portals: dict[str, _Portal] = {}
         self.out: list[bytes] = []
@@ -208,11 +209,17 @@ class PgReplayProtocol(asyncio.Protocol):
         if comment is not None:
             self.trace = comment.trace_id
             return comment.trace_id
-        return self.trace or self.proxy.replay.scope
+        return self.trace or self.proxy.state.replay_scope
 
     def _match(
         self, sql: str, params: tuple[bytes | None, ...], types: tuple[int, ...], *, simple: bool
     ) -> Hit | Miss:
+        self.proxy.replay_run()
+        if self._generation != self.proxy.state.replay_generation:
+            # A new run (`flux replay` of another trace): what this pooled connection
+            # replayed before says nothing about the trace now being replayed.
+            self._generation = self.proxy.state.replay_generation
+            self.trace = None
         trace = self._trace_for(sql)
         result = self.proxy.replay.match(trace, sql, params, types, simple=simple)
         if isinstance(result, Miss):

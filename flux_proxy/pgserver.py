@@ -37,7 +37,7 @@ class PgProxy:
         self.state = state
         self.submit = submit
         self.replay = replay
-        self._replay_epoch = -1
+        self._replay_generation = -1
         self.tls_context = tls_context
         self.max_cycle_bytes = max_cycle_bytes
         self.max_message_length = max_message_length
@@ -69,11 +69,16 @@ class PgProxy:
     def _accept(self) -> PgClientProtocol | PgReplayProtocol:
         if self.state.mode != "replay":
             return PgClientProtocol(self)
-        if self._replay_epoch != self.state.mode_epoch:
-            # Entering replay mode starts consumption over: every recording is unused again.
-            self._replay_epoch = self.state.mode_epoch
-            self.replay.reset(self.replay.scope)
+        self.replay_run()
         return PgReplayProtocol(self)
+
+    def replay_run(self) -> None:
+        """Each replay run (entering replay mode, or `flux replay` naming a trace) starts
+        consumption over: every recording is unused again."""
+        state = self.state
+        if self._replay_generation != state.replay_generation:
+            self._replay_generation = state.replay_generation
+            self.replay.reset(state.replay_scope, state.report)
 
     def connection_opened(self, conn: PgClientProtocol | PgReplayProtocol) -> None:
         self.connections.add(conn)

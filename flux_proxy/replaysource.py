@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from recorder.abc import PayloadSealer
 from recorder.model import StoredEvent
 from recorder.pgreplay import Hit, Miss, ReplayIndex
+from recorder.replayreport import ReplayReport
 from recorder.store import StoreError, TraceNotFound, open_store
 
 log = logging.getLogger("flux.replay")
@@ -23,15 +24,17 @@ class PgReplaySource:
         self.location = store_location
         self.sealer = sealer  # opens sealed payloads (the private keys); None: plain only
         self.index = ReplayIndex()
-        self.scope: str | None = None  # the trace `flux replay` asked for, if any
+        self.scope: str | None = None  # the trace the current run replays, if any
         self._loaded: set[int] = set()
         self._traces: set[str | None] = set()
         self.hits = 0
         self.misses = 0
+        self.report = ReplayReport()  # the current run's, replaced by reset()
 
-    def reset(self, scope: str | None = None) -> None:
+    def reset(self, scope: str | None = None, report: ReplayReport | None = None) -> None:
         """A fresh index (consumption starts over), scoped to one trace or to none."""
         self.index = ReplayIndex()
+        self.report = report if report is not None else ReplayReport(scope=scope)
         self._loaded.clear()
         self._traces.clear()
         self.scope = scope
@@ -99,8 +102,12 @@ class PgReplaySource:
             # Session-level traffic may only be in unattributed recordings.
             self._load(None)
             result = self.index.match(trace, sql, params, types, simple=simple)
+        request = result.recorded.normalized if isinstance(result, Hit) else sql
         if isinstance(result, Hit):
             self.hits += 1
+            self.report.hit("pg.query", trace, request, result.volatile)
         else:
             self.misses += 1
+            closest = result.closest.normalized if result.closest is not None else None
+            self.report.miss("pg.query", trace, request, result.message, closest)
         return result
