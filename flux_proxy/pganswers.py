@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections import deque
+from collections import Counter, deque
 from typing import Final
 
 from protocols import pgwire
 from recorder.mutation.capture import MAX_CAPTURE_BYTES, StatementCapture
 from recorder.mutation.forms import IDENTITY, OID, Capture, Rewrite
-from recorder.mutation.identity import parse_lookup
+from recorder.mutation.identity import SKIP_SECONDS, parse_lookup
 from recorder.mutation.planner import Planner
+from recorder.mutation.roles import SessionRole
 
 from .pgrows import cut_data_row, cut_row_description, message_size
 
@@ -30,8 +31,11 @@ log = logging.getLogger("flux.pg.capture")
 PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, QUERY, FUNCTION, OURS = range(9)
 _ENDS_CYCLE: Final = frozenset({SYNC, QUERY, FUNCTION})
 _ASYNC: Final = frozenset(b"NSA")
-# A rewrite that the server rejects for these reasons is not tried again for a while.
+# A rewrite that the server rejects for these reasons is not tried again for a while: a
+# privilege or policy changed behind the cache's back, or the lookup met a DO INSTEAD rule
+# (a RETURNING of any kind fails on it, and only DDL we may not see would change that).
 _SKIP_STATES: Final = frozenset({"42501", "0A000", "42P17", "55000", "42809"})
+_SKIP_LONG: Final = 3600.0
 _I = struct.Struct("!I")
 
 
@@ -62,6 +66,8 @@ class AnswerSide:
 
     planner: Planner
     database: str
+    role: SessionRole
+    counters: Counter[str]
     _statements: dict[str, Rewrite]
     _portals: dict[str, Rewrite]
     _queue: deque[Request]
@@ -71,6 +77,9 @@ class AnswerSide:
     _status: bytes
     _executions: int
     _cycle: list[StatementCapture]
+
+    def _scope(self, rewrite: Rewrite | None) -> tuple[str, str]:
+        return self.database, "" if rewrite is None else rewrite.role
 
     @staticmethod
     def _remember(table: dict[str, Rewrite], name: str, rewrite: Rewrite | None) -> None:
@@ -125,13 +134,15 @@ class AnswerSide:
 
     def _held(self, type_byte: int) -> bool:
         """Whether this backend message may need changing (so must be read whole)."""
+        if type_byte == 0x5A:  # ReadyForQuery: its status ends SET LOCAL ROLE, allows re-prepare
+            return True
         if type_byte in _ASYNC or not self._queue:
-            return type_byte == 0x5A  # ReadyForQuery: its status decides when to re-prepare
+            return False
         head = self._queue[0]
         if head.kind == OURS:
             return type_byte in b"13"  # the answers to our own Close and Parse: dropped
         if head.rewrite is None:
-            return type_byte == 0x5A
+            return False
         if type_byte == 0x45:  # ErrorResponse: its position may need mapping
             return True
         if type_byte == 0x54 and head.kind == DESCRIBE:  # RowDescription
@@ -152,6 +163,8 @@ class AnswerSide:
     ) -> bytes | None:
         if type_byte == 0x5A:  # ReadyForQuery
             self._status = message[5:6]
+            if self._status == b"I":
+                self.role.idle()
             self._transition(type_byte, done)
             return None
         head = self._queue[0]
@@ -209,12 +222,16 @@ class AnswerSide:
             added = rewrite.added(int(position))
             fields["P"] = str(mapped)
         if capture is not None and (added or fields.get("C") in _SKIP_STATES):
-            # Our addition is what failed (e.g. no SELECT privilege for RETURNING): run this
-            # table's statements unchanged for a while.
+            # Our addition is what failed (a privilege revoked or a policy added since the
+            # lookup, a DO INSTEAD rule): run this table's statements unchanged for a while.
             log.warning("capture on %s failed (%s %s); its statements run uncaptured for now",
                         capture.relation, fields.get("C"), fields.get("M"))  # fmt: skip
-            self.planner.identities.skip(self.database, capture.relation,
-                                         f"rewrite-failed-{fields.get('C')}")  # fmt: skip
+            state = fields.get("C")
+            rule = IDENTITY in capture.roles and state == "0A000"
+            self.planner.identities.skip(
+                self._scope(rewrite), capture.relation, f"rewrite-failed-{state}",
+                _SKIP_LONG if rule else SKIP_SECONDS,
+            )  # fmt: skip
         if head.kind in (QUERY, EXECUTE):
             self._finish(head, None)
         if position is None:
@@ -263,6 +280,10 @@ class AnswerSide:
         uncaptured = self._uncaptured(request)
         if capture is None and uncaptured is None:
             return
+        reason = uncaptured or (capture.uncaptured if capture is not None else None)
+        if reason is not None and tag is not None:
+            self.counters["pg.mutations.uncaptured"] += 1
+            self.counters[f"pg.mutations.uncaptured.{reason}"] += 1
         if capture is None:
             self._cycle.append(
                 StatementCapture(index=self._executions, op="", relation="", roles=(),
@@ -273,13 +294,13 @@ class AnswerSide:
         if IDENTITY in capture.roles and request.rows:
             learnt = parse_lookup(request.rows[0][capture.roles.index(IDENTITY)])
             if learnt is not None:
-                self.planner.identities.put(self.database, capture.relation, learnt)
+                self.planner.identities.put(self._scope(request.rewrite), capture.relation, learnt)
                 identity = learnt
         elif identity is not None and OID in capture.roles and request.rows:
             seen = request.rows[0][capture.roles.index(OID)]
             if seen is not None and seen != str(identity.oid).encode():
                 # Same text, another table (search_path, or dropped and created elsewhere).
-                self.planner.identities.forget(self.database, capture.relation)
+                self.planner.identities.forget(self._scope(request.rewrite), capture.relation)
                 identity = None
         self._cycle.append(
             StatementCapture(

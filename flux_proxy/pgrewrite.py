@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections import deque
+from collections import Counter, deque
 from typing import Final
 
 from protocols import pgwire
 from recorder.mutation.capture import StatementCapture
 from recorder.mutation.forms import IDENTITY, Rewrite
 from recorder.mutation.planner import Planner
+from recorder.mutation.roles import SessionRole
 
 from .pganswers import (
     BIND,
@@ -51,10 +52,21 @@ log = logging.getLogger("flux.pg.capture")
 
 
 class PgRewriter(AnswerSide):
-    def __init__(self, planner: Planner, *, database: str, server_major: int) -> None:
+    def __init__(
+        self,
+        planner: Planner,
+        *,
+        database: str,
+        server_major: int,
+        user: str | None = "",
+        counters: Counter[str] | None = None,
+    ) -> None:
         self.planner = planner
         self.database = database
         self.server_major = server_major
+        self.role = SessionRole(user)  # whose privileges apply: identities are per role
+        # Statements that ran uncaptured, by reason (the sidecar's metrics).
+        self.counters: Counter[str] = Counter() if counters is None else counters
         self.enabled = True  # rewrite new statements; False still strips those rewritten before
         self._statements: dict[str, Rewrite] = {}
         # Named statements prepared while learning a table's identity: (SQL, parameter types)
@@ -207,17 +219,19 @@ class PgRewriter(AnswerSide):
 
     def _refresh(self, name: str) -> bytes:
         """Re-prepares a named statement first prepared while its table's identity was being
-        learnt, once it is known: otherwise every execution would run the catalog lookup
-        (and before PostgreSQL 18 the slower key-less join) for the session's lifetime.
-        The Close and Parse are ours; their answers never reach the client."""
+        learnt, once it is known: otherwise every execution would run the catalog lookup,
+        uncaptured, for the session's lifetime. The Close and Parse are ours; their answers
+        never reach the client."""
         source = self._sources.get(name)
         if source is None or self._status not in (b"I", b"T"):
             return b""
         current = self._plan(source[0])
-        if current is None or _learning(current) or current.sql == source[0]:
+        if current is None or _learning(current):
             return b""
+        # Prepared again even when it is now the client's own text: a table that is not
+        # to be captured gets exactly the statement the client prepared.
         del self._sources[name]
-        self._statements[name] = current
+        self._remember(self._statements, name, current)
         self._queue.append(Request(OURS))
         self._queue.append(Request(OURS))
         return pgwire.encode(pgwire.Close(kind="S", name=name)) + pgwire.encode(
@@ -225,10 +239,11 @@ class PgRewriter(AnswerSide):
         )
 
     def _plan(self, sql: str) -> Rewrite | None:
-        if not self.enabled:
-            return None
         try:
-            return self.planner.plan(sql, self.database, self.server_major)
+            role = self.role.seen(sql, in_transaction=self._status != b"I")
+            if not self.enabled:
+                return None
+            return self.planner.plan(sql, self.database, self.server_major, role)
         except Exception:  # a planner bug must not cost the client its statement
             log.exception("statement analysis failed; the statement runs unchanged")
             return None
@@ -240,6 +255,17 @@ def _learning(rewrite: Rewrite) -> bool:
 
 
 _PLANNER: Planner | None = None
+_CAPTURE = [True]
+
+
+def set_capture(enabled: bool) -> None:
+    """The process's setting (--capture-mutations / FLUX_CAPTURE_MUTATIONS): off, record
+    mode records protocol cycles only and forwards every statement as sent."""
+    _CAPTURE[0] = enabled
+
+
+def capture_enabled() -> bool:
+    return _CAPTURE[0]
 
 
 def shared_planner() -> Planner:

@@ -33,6 +33,9 @@ from recorder.mutation.identity import TableIdentity
 from recorder.mutation.planner import Planner
 
 KEYED = TableIdentity(16384, "public", "t", "r", ("id",), "primary key", columns=("id", "v"))
+LOOKUP = (
+    b'[16384, "public", "t", "r", ["id"], true, false, false, ["id","v"], "table", null, false]'
+)
 OURS = ("old", "new", "oid", "version_old", "version_new")
 
 
@@ -63,8 +66,8 @@ def bytewise(data: bytes) -> list[bytes]:
 @pytest.fixture
 def rewriter() -> PgRewriter:
     planner = Planner()
-    planner.identities.put("db", "t", KEYED)
-    return PgRewriter(planner, database="db", server_major=18)
+    planner.identities.put(("db", "app"), "t", KEYED)
+    return PgRewriter(planner, database="db", server_major=18, user="app")
 
 
 def feed(rw: PgRewriter, frontend: bytes, backend: bytes, chunks: Callable[[bytes], list[bytes]]) -> tuple[bytes, bytes, list[Any]]:  # fmt: skip
@@ -182,18 +185,58 @@ def test_reads_pass_untouched_and_unparsed(rewriter: PgRewriter) -> None:
 
 def test_the_first_statement_on_a_table_learns_its_identity() -> None:
     planner = Planner()
-    rw = PgRewriter(planner, database="db", server_major=18)
-    rw.frontend(wire(Query(query="INSERT INTO t VALUES (1)")))
-    lookup = b'["16384", "public", "t", "r", ["id"], true, false, false, ["id","v"]]'
+    rw = PgRewriter(planner, database="db", server_major=18, user="app")
+    upstream = rw.frontend(wire(Query(query="INSERT INTO t VALUES (1)")))
+    assert b"to_json" not in upstream  # the lookup alone: no column of the table is read
     backend = wire(
-        RowDescription(fields=tuple(field(n) for n in ("old", "new", "oid", "identity"))),
-        DataRow(values=(None, b'{"id":1}', b"16384", lookup)),
+        RowDescription(fields=(field("identity"),)), DataRow(values=(LOOKUP,)),
         CommandComplete(tag="INSERT 0 1"), ReadyForQuery(status="I"),
     )  # fmt: skip
     client, ((capture,),) = rw.backend(backend)
     assert client == wire(CommandComplete(tag="INSERT 0 1"), ReadyForQuery(status="I"))
-    assert planner.identities.get("db", "t") == KEYED
+    assert planner.identities.get(("db", "app"), "t") == KEYED
     assert capture.identity == tuple(KEYED.to_wire())
+    assert capture.uncaptured == "identity-unknown" and capture.rows == ((LOOKUP,),)
+    assert rw.counters == {"pg.mutations.uncaptured": 1,
+                           "pg.mutations.uncaptured.identity-unknown": 1}  # fmt: skip
+    again = rw.frontend(wire(Query(query="INSERT INTO t VALUES (2)")))
+    assert b"pg_catalog.to_json(new)" in again
+
+
+def test_a_role_change_is_followed_and_looked_up_again() -> None:
+    planner = Planner()
+    planner.identities.put(("db", "app"), "t", KEYED)
+    rw = PgRewriter(planner, database="db", server_major=18, user="app")
+    update = wire(Query(query="UPDATE t SET v = 1"))
+
+    def captured() -> bool:
+        sent = rw.frontend(update)
+        assert (b"to_json" in sent) != (b"json_build_array(c.oid" in sent)
+        return b"to_json(old)" in sent
+
+    assert captured()
+    rw.frontend(wire(Query(query="SET ROLE reporting")))
+    assert not captured()  # another role's privileges: looked up again first
+    rw.frontend(wire(Query(query="RESET ROLE")))
+    assert captured()
+    rw.frontend(wire(Query(query="BEGIN; SET LOCAL ROLE reporting")))
+    assert not captured()
+    rw.backend(wire(CommandComplete(tag="BEGIN"), CommandComplete(tag="SET"),
+                    ReadyForQuery(status="T")))  # fmt: skip
+    assert not captured()
+    rw.backend(wire(CommandComplete(tag="COMMIT"), ReadyForQuery(status="I")))
+    assert captured()  # SET LOCAL ended with its transaction
+
+
+def test_each_distinct_text_is_parsed_once_and_reads_never() -> None:
+    planner = Planner()
+    planner.identities.put(("db", ""), "t", KEYED)
+    rw = PgRewriter(planner, database="db", server_major=15)
+    for n in range(3):
+        rw.frontend(wire(Query(query="SELECT * FROM t"), Parse(query="SELECT $1"), Sync()))
+        rw.frontend(wire(Query(query="UPDATE t SET v = 1 WHERE id = 2"),
+                         Parse(query=f"DELETE FROM t WHERE id = {n % 2}"), Sync()))  # fmt: skip
+    assert planner.parses == 3  # one UPDATE and two DELETE texts, however often they come
 
 
 def test_server_major_from_the_startup_parameters() -> None:
@@ -221,12 +264,11 @@ def test_a_statement_prepared_while_learning_is_prepared_again_once_known() -> N
     rw = PgRewriter(planner, database="db", server_major=18)
     rw.frontend(wire(Parse(statement="s", query="DELETE FROM t WHERE id = $1"),
                      Bind(statement="s", params=(b"1",)), Execute(), Sync()))  # fmt: skip
-    lookup = b'["16384", "public", "t", "r", ["id"], true, false, false, ["id","v"]]'
     rw.backend(wire(
-        ParseComplete(), BindComplete(), DataRow(values=(b"{}", None, b"16384", lookup)),
+        ParseComplete(), BindComplete(), DataRow(values=(LOOKUP,)),
         CommandComplete(tag="DELETE 1"), ReadyForQuery(status="I"),
     ))  # fmt: skip
-    assert planner.identities.get("db", "t") == KEYED
+    assert planner.identities.get(("db", ""), "t") == KEYED
     upstream = rw.frontend(wire(Bind(statement="s", params=(b"2",)), Execute(), Sync()))
     types = [upstream[p] for p in _starts(upstream)]
     assert bytes(types) == b"CPBES"  # our Close and Parse go first, under the same name
@@ -239,6 +281,29 @@ def test_a_statement_prepared_while_learning_is_prepared_again_once_known() -> N
     assert client == wire(
         BindComplete(), CommandComplete(tag="DELETE 1"), ReadyForQuery(status="I")
     )
+
+
+def test_a_statement_prepared_while_learning_runs_as_sent_if_it_may_not_be_captured() -> None:
+    planner = Planner()
+    rw = PgRewriter(planner, database="db", server_major=15)
+    sql = "DELETE FROM t WHERE id = $1"
+    rw.frontend(wire(Parse(statement="s", query=sql), Bind(statement="s", params=(b"1",)),
+                     Execute(), Sync()))  # fmt: skip
+    denied = LOOKUP.replace(b'"table"', b'"none"')
+    rw.backend(wire(ParseComplete(), BindComplete(), DataRow(values=(denied,)),
+                    CommandComplete(tag="DELETE 1"), ReadyForQuery(status="I")))  # fmt: skip
+    upstream = rw.frontend(wire(Bind(statement="s", params=(b"2",)), Execute(), Sync()))
+    starts = _starts(upstream)
+    assert bytes(upstream[p] for p in starts) == b"CPBES"
+    parse = pgwire.decode_frontend(upstream[starts[1]], upstream[starts[1] + 5 : starts[2]])
+    assert isinstance(parse, Parse) and parse.query == sql  # the client's own text again
+    client, (captures,) = rw.backend(wire(
+        pgwire.CloseComplete(), ParseComplete(), BindComplete(), CommandComplete(tag="DELETE 1"),
+        ReadyForQuery(status="I"),
+    ))  # fmt: skip
+    assert client == wire(BindComplete(), CommandComplete(tag="DELETE 1"),
+                          ReadyForQuery(status="I"))  # fmt: skip
+    assert [c.uncaptured for c in captures] == ["no-select-privilege"]
 
 
 def _starts(data: bytes) -> list[int]:

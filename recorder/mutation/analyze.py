@@ -6,25 +6,22 @@ server version and of what is known about tables, so one analysis serves every
 rewrite of the text.
 
 The parse tree is read as pglast's JSON (libpg_query's own output, loaded by
-the C json module), not as pglast's Python node objects: building those costs
-several times the parse itself, and every distinct statement text pays it.
-In that JSON a field typed as a generic node is wrapped in its type name
-(``{"A_Expr": {...}}``), a field of a fixed type (``relation``, ``alias``,
-``returningClause``...) is not, defaults are left out, and locations are byte
-offsets into the UTF-8 text.
+the C json module, see :mod:`.nodes`), not as pglast's Python node objects:
+building those costs several times the parse itself, and every distinct
+statement text pays it.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
 from pglast import parser
-from pglast.keywords import RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
 
+from .conflict import Upsert, upsert
+from .nodes import Offsets, quote_ident, target_names, unwrap
 from .safety import deterministic, walk
 from .tokens import Statement as Tokens
 from .tokens import scan
@@ -37,8 +34,6 @@ _DDL = frozenset(
 )  # fmt: skip
 _OPS: Final = {"InsertStmt": "insert", "UpdateStmt": "update", "DeleteStmt": "delete",
                "MergeStmt": "merge"}  # fmt: skip
-_RESERVED: Final = frozenset(RESERVED_KEYWORDS) | frozenset(TYPE_FUNC_NAME_KEYWORDS)
-_PLAIN_NAME: Final = re.compile(r"[a-z_][a-z0-9_$]*")  # needs no quotes (unless reserved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,17 +56,6 @@ class Returning:
     stars: tuple[int, ...]  # positions of bare * items
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Upsert:
-    action: str  # "nothing" or "update"
-    conflict: tuple[str, ...] | None  # ON CONFLICT (columns); None: a constraint or expression
-    insert_columns: tuple[str, ...] | None  # INSERT INTO t (columns); None: all, in order
-    rows: tuple[tuple[tuple[int, int], ...], ...] | None  # VALUES items as text spans
-    safe: tuple[tuple[bool, ...], ...]  # per item: deterministic and not DEFAULT
-    where: tuple[int, int] | None  # DO UPDATE ... WHERE condition
-    action_end: int  # end of the DO UPDATE clause
-
-
 @dataclass(frozen=True, slots=True)
 class Dml:
     op: str  # insert, update, delete, merge
@@ -87,6 +71,7 @@ class Dml:
     deterministic: bool  # WHERE and FROM may be evaluated twice with the same result
     aliases: frozenset[str]  # range names, to see clashes with RETURNING's old/new
     problem: str | None  # why it cannot be captured on any server
+    set_columns: tuple[str, ...] = ()  # UPDATE: the columns its SET list assigns
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,38 +84,11 @@ class StatementInfo:
     is_ddl: bool = False
 
 
-def quote_ident(name: str) -> str:
-    if _PLAIN_NAME.fullmatch(name) and name not in _RESERVED:
-        return name
-    return '"' + name.replace('"', '""') + '"'
-
-
-def unwrap(node: Any) -> tuple[str, dict[str, Any]]:
-    """A wrapped node's type name and fields; ("", {}) for anything else."""
-    if isinstance(node, dict) and len(node) == 1:
-        name, fields = next(iter(node.items()))
-        if name[:1].isupper() and isinstance(fields, dict):
-            return name, fields
-    return "", {}
-
-
-class _Offsets:
-    """Byte offsets (the parser's) to character offsets (everything else's)."""
-
-    def __init__(self, sql: str) -> None:
-        self.encoded = None if sql.isascii() else sql.encode("utf-8")
-
-    def __call__(self, offset: int) -> int:
-        if self.encoded is None:
-            return offset
-        return len(self.encoded[:offset].decode("utf-8", "replace"))
-
-
 def analyze(sql: str) -> tuple[StatementInfo, ...]:
     """One entry per statement the server will run, in order. Raises on unparsable text."""
     tree = json.loads(parser.parse_sql_json(sql))
     tokens = scan(sql)
-    chars = _Offsets(sql)
+    chars = Offsets(sql)
     out: list[StatementInfo] = []
     for raw in tree.get("stmts", ()):
         start = chars(raw.get("stmt_location", 0))
@@ -141,7 +99,7 @@ def analyze(sql: str) -> tuple[StatementInfo, ...]:
     return tuple(out)
 
 
-def _statement(node: Any, toks: Tokens, chars: _Offsets) -> StatementInfo:
+def _statement(node: Any, toks: Tokens, chars: Offsets) -> StatementInfo:
     start, end = toks.start, toks.end
     name, fields = unwrap(node)
     if name in _OPS:
@@ -150,16 +108,15 @@ def _statement(node: Any, toks: Tokens, chars: _Offsets) -> StatementInfo:
         return StatementInfo(start, end, dml=_dml(name, fields, toks, chars))
     if name == "SelectStmt" and _writable_cte(fields):
         return StatementInfo(start, end, uncaptured="writable-cte")
-    if name == "CopyStmt" and fields.get("is_from"):
+    if name == "CopyStmt" and (fields.get("is_from") or _changes(fields.get("query"))):
         return StatementInfo(start, end, uncaptured="copy")
     if name == "TruncateStmt":
         return StatementInfo(start, end, uncaptured="truncate")
     if name in ("CallStmt", "DoStmt"):
         return StatementInfo(start, end, uncaptured="procedure")
-    inner = unwrap(fields.get("query"))[0]
-    if name == "PrepareStmt" and inner in _OPS:
+    if name == "PrepareStmt" and _changes(fields.get("query")):
         return StatementInfo(start, end, uncaptured="sql-prepare")
-    if name == "ExplainStmt" and inner in _OPS:
+    if name == "ExplainStmt" and _changes(fields.get("query")):
         options = [unwrap(o)[1].get("defname") for o in fields.get("options", ())]
         return StatementInfo(
             start, end, uncaptured="explain-analyze" if "analyze" in options else None
@@ -173,6 +130,12 @@ def _statement(node: Any, toks: Tokens, chars: _Offsets) -> StatementInfo:
 def _writable_cte(fields: dict[str, Any]) -> bool:
     ctes = (fields.get("withClause") or {}).get("ctes", ())
     return any(unwrap(unwrap(c)[1].get("ctequery"))[0] in _OPS for c in ctes)
+
+
+def _changes(node: Any) -> bool:
+    """Whether a statement nested in another (EXPLAIN, PREPARE, COPY) changes data."""
+    kind, fields = unwrap(node)
+    return kind in _OPS or (kind == "SelectStmt" and _writable_cte(fields))
 
 
 def _relnames(name: str, fields: dict[str, Any]) -> Iterator[str]:
@@ -199,7 +162,7 @@ def _relation(rv: dict[str, Any], start: int, end: int) -> Relation:
 
 
 def _returning(
-    fields: dict[str, Any], toks: Tokens, keyword: int, chars: _Offsets
+    fields: dict[str, Any], toks: Tokens, keyword: int, chars: Offsets
 ) -> Returning | None:
     clause = fields.get("returningClause")
     if clause is None:
@@ -257,7 +220,7 @@ def _aliases(relation: dict[str, Any], items: list[Any]) -> frozenset[str]:
     return frozenset(str(n).lower() for n in names)
 
 
-def _dml(kind: str, node: dict[str, Any], toks: Tokens, chars: _Offsets) -> Dml:
+def _dml(kind: str, node: dict[str, Any], toks: Tokens, chars: Offsets) -> Dml:
     rv: dict[str, Any] = node["relation"]
     location = chars(rv.get("location", 0))
     op = _OPS[kind]
@@ -271,7 +234,7 @@ def _dml(kind: str, node: dict[str, Any], toks: Tokens, chars: _Offsets) -> Dml:
     set_end = clause_end
     from_span = where = None
     target_end = clause_end
-    upsert = None
+    conflict = None
     if op == "update":
         first_set = chars(unwrap(node["targetList"][0])[1].get("location", 0))
         set_token = toks.last("SET", before=first_set)
@@ -296,7 +259,7 @@ def _dml(kind: str, node: dict[str, Any], toks: Tokens, chars: _Offsets) -> Dml:
         if where_token is not None:
             where = (where_token.end, clause_end)
     elif op == "insert" and node.get("onConflictClause") is not None:
-        upsert = _upsert(node, toks, clause_end, chars)
+        conflict = upsert(node, toks, clause_end, chars)
     target_start = keyword_token.end
     if op == "delete":
         from_word = toks.first("FROM", after=keyword, before=location + 1)
@@ -314,9 +277,10 @@ def _dml(kind: str, node: dict[str, Any], toks: Tokens, chars: _Offsets) -> Dml:
         from_refs=_from_refs(from_items) if from_items else (),
         where=where,
         returning=returning,
-        upsert=upsert,
+        upsert=conflict,
+        set_columns=target_names(node.get("targetList")) if op == "update" else (),
         deterministic=deterministic([where_node, from_items]),
-        aliases=_aliases(rv, from_items),
+        aliases=_aliases(rv, [*from_items, node.get("sourceRelation")]),
         problem=problem,
     )
 
@@ -342,56 +306,3 @@ def _from_keyword(toks: Tokens, after: int, before: int) -> Any:
             return t
         previous = t
     return None
-
-
-def _upsert(node: dict[str, Any], toks: Tokens, clause_end: int, chars: _Offsets) -> Upsert:
-    clause: dict[str, Any] = node["onConflictClause"]
-    action = "update" if clause.get("action") == "ONCONFLICT_UPDATE" else "nothing"
-    infer = clause.get("infer")
-    conflict: tuple[str, ...] | None = None
-    if infer is not None and not infer.get("conname") and infer.get("whereClause") is None:
-        elems = [unwrap(e)[1] for e in infer.get("indexElems", ())]
-        if elems and all(e.get("name") and e.get("expr") is None for e in elems):
-            conflict = tuple(str(e["name"]) for e in elems)
-    insert_cols = tuple(str(unwrap(c)[1].get("name")) for c in node.get("cols", ())) or None
-    rows: list[tuple[tuple[int, int], ...]] = []
-    safe: list[tuple[bool, ...]] = []
-    select = unwrap(node.get("selectStmt"))[1]
-    lists = [unwrap(v)[1].get("items", []) for v in select.get("valuesLists", ())]
-    shaped = bool(lists)
-    location = chars(clause.get("location", 0))
-    if shaped:
-        start = chars(node["relation"].get("location", 0))
-        values_word = toks.first("VALUES", after=start, before=location)
-        cursor = values_word.end if values_word else location
-        for values in lists:
-            opener = toks.next_token(cursor)
-            if opener is not None and opener.name == "ASCII_44":  # the comma between rows
-                opener = toks.next_token(opener.end)
-            if opener is None or opener.name != "ASCII_40":
-                shaped = False
-                break
-            spans, closing = toks.groups(opener)
-            if closing is None or len(values) != len(spans):
-                shaped = False
-                break
-            rows.append(tuple(spans))
-            safe.append(
-                tuple(unwrap(v)[0] != "SetToDefault" and deterministic([v]) for v in values)
-            )
-            cursor = closing.end
-    do_word = toks.first("DO", after=location, before=clause_end)
-    where = None
-    if action == "update" and do_word is not None:
-        where_token = toks.first("WHERE", after=do_word.end, before=clause_end)
-        if where_token is not None:
-            where = (where_token.end, clause_end)
-    return Upsert(
-        action=action,
-        conflict=conflict,
-        insert_columns=insert_cols,
-        rows=tuple(rows) if shaped else None,
-        safe=tuple(safe),
-        where=where,
-        action_end=clause_end,
-    )

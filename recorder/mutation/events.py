@@ -4,32 +4,24 @@ Plaintext ``attrs`` hold what the store needs to index and the CLI to list
 without the private key: the table, the op, the key's and the changed columns'
 names, the transaction status. The values (before and after images, the key's
 values) go in the payload, which is sealed. ``fingerprint`` is the lookup key
-for ``flux state history``: a keyed BLAKE2b of the table name and the key's
-values, so the store finds a row's changes by index without holding the values
-in the clear. (Set ``FLUX_LOOKUP_KEY`` on the sidecar and the CLI to make the
-digest unguessable from a dictionary of likely keys; without it, a small
-integer key can be found by trying them all.)
+for ``flux state history``: a BLAKE2b of the table name and the key's values,
+keyed with the store's own secret (:mod:`.lookupkey`), so the store finds a row's
+changes by index without holding the values in the clear, and a copy of the store
+cannot be searched by trying likely keys.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import replace
-from typing import Any, Final
+from typing import Any
 
 from ..model import MUTATION, Event, new_span_id
 from .capture import StatementCapture
 from .forms import IDENTITY, INSERTED, NEW, OID, OLD, VERSION_NEW, VERSION_OLD
 from .identity import TableIdentity, parse_lookup
-
-_DEFAULT_LOOKUP_KEY: Final = b"flux-mutation-key-v1"
-
-
-def lookup_key() -> bytes:
-    key = os.environ.get("FLUX_LOOKUP_KEY", "").encode() or _DEFAULT_LOOKUP_KEY
-    return hashlib.blake2b(key, digest_size=32).digest()
+from .lookupkey import lookup_key
 
 
 def value_text(value: Any) -> str:
@@ -45,7 +37,7 @@ def value_text(value: Any) -> str:
 
 def pk_digest(table_name: str, key: dict[str, str], secret: bytes | None = None) -> str:
     """The lookup key of one row: its table's name (without schema) and its key values,
-    in the order of their column names."""
+    in the order of their column names, keyed with ``secret`` (see :mod:`.lookupkey`)."""
     canonical = "\x1f".join(key[column] for column in sorted(key))
     data = f"{table_name}\x00{canonical}".encode("utf-8", "surrogatepass")
     return hashlib.blake2b(data, key=secret or lookup_key(), digest_size=16).hexdigest()

@@ -12,6 +12,16 @@ dropped and created again elsewhere) is caught by the OID every capture carries.
 
 Identity, strongest first: the primary key, else the replica identity index,
 else the whole row (``key == ()``).
+
+The same lookup answers what decides whether a capture could change what the
+statement does: the session role's SELECT privilege on the table (a capture
+reads the whole row, which needs SELECT on every column; the row version needs
+it on the table), whether row-level security is on (with a RETURNING that reads
+the row, SELECT policies filter an UPDATE's or DELETE's rows and can make an
+INSERT fail), rules, generated columns and BEFORE UPDATE row triggers. So the
+lookup reads no column of the table: the statement that carries it runs with
+the client's privileges and policies exactly as sent, and is not captured
+itself. Privileges are per role, so identities are cached per (database, role).
 """
 
 from __future__ import annotations
@@ -23,9 +33,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 MAX_TABLES: Final = 4096
-# A table the rewrite failed on (e.g. no SELECT privilege for RETURNING) runs uncaptured
-# for this long, then is tried again: privileges and rules change without DDL we see.
+# A table the rewrite failed on runs uncaptured for this long, then is tried again:
+# privileges and policies change without DDL this sidecar sees.
 SKIP_SECONDS: Final = 60.0
+# SELECT privilege as the lookup reports it: on the table (whole row and system columns
+# readable), on every column (the row is, its version is not), or not enough for a capture.
+SELECT_TABLE, SELECT_COLUMNS, SELECT_NONE = "table", "columns", "none"
+# (database, role): what a cached identity holds for (privileges are per role).
+Scope = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +52,11 @@ class TableIdentity:
     key: tuple[str, ...]  # key columns in index order; () means the whole row
     key_kind: str  # "primary key", "replica identity" or "whole row"
     has_rules: bool = False
-    row_security: bool = False
+    row_security: bool = False  # relrowsecurity or relforcerowsecurity
     columns: tuple[str, ...] = ()  # every column in order, for INSERT without a column list
+    select: str = SELECT_TABLE  # the session role's SELECT privilege (see SELECT_*)
+    generated: tuple[str, ...] = ()  # stored generated columns
+    update_triggers: bool = False  # BEFORE UPDATE row triggers (they may change any column)
 
     @property
     def qualified(self) -> str:
@@ -46,26 +64,42 @@ class TableIdentity:
 
     def to_wire(self) -> list[Any]:
         return [self.oid, self.schema, self.name, self.relkind, list(self.key), self.key_kind,
-                self.has_rules, self.row_security, list(self.columns)]  # fmt: skip
+                self.has_rules, self.row_security, list(self.columns), self.select,
+                list(self.generated), self.update_triggers]  # fmt: skip
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> TableIdentity:
-        oid, schema, name, relkind, key, key_kind, rules, rls, columns = fields
+        oid, schema, name, relkind, key, key_kind, rules, rls, columns = fields[:9]
+        select, generated, triggers = _pad(fields[9:12], (SELECT_NONE, (), True))
         return cls(int(oid), str(schema), str(name), str(relkind), tuple(map(str, key)),
-                   str(key_kind), bool(rules), bool(rls), tuple(map(str, columns)))  # fmt: skip
+                   str(key_kind), bool(rules), bool(rls), tuple(map(str, columns)), str(select),
+                   tuple(map(str, generated)), bool(triggers))  # fmt: skip
+
+
+def _pad(given: list[Any], defaults: tuple[Any, ...]) -> list[Any]:
+    """Fields an older answer lacks take defaults that allow no capture."""
+    return [*given, *defaults[len(given) :]]
 
 
 def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def lookup_sql(regclass: str) -> str:
+def lookup_sql(regclass: str, server_major: int = 18) -> str:
     """A scalar subquery answering the identity of ``regclass`` as JSON text.
 
     Every name is schema-qualified so a user's objects on the search_path cannot
-    stand in for the catalog's.
+    stand in for the catalog's. It reads the catalog only: no privilege on the table
+    and no policy of it is involved.
     """
     rel = f"{quote_literal(regclass)}::pg_catalog.regclass"
+    # pg_attribute.attgenerated exists from PostgreSQL 12 on.
+    generated = (
+        "(SELECT pg_catalog.array_agg(a.attname) FROM pg_catalog.pg_attribute a "
+        "WHERE a.attrelid = c.oid AND a.attnum > 0 AND a.attgenerated <> '')"
+        if server_major >= 12
+        else "NULL"
+    )
     return (
         "(SELECT pg_catalog.json_build_array(c.oid, n.nspname, c.relname, c.relkind, "
         "(SELECT pg_catalog.array_agg(a.attname ORDER BY k.i) "
@@ -75,9 +109,17 @@ def lookup_sql(regclass: str) -> str:
         "pg_catalog.unnest(p.indkey::pg_catalog.int2[]) WITH ORDINALITY AS k(att, i), "
         "pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = k.att), "
         "(SELECT x.indisprimary FROM pg_catalog.pg_index x WHERE x.indrelid = c.oid "
-        "AND x.indisprimary), c.relhasrules, c.relrowsecurity, "
+        "AND x.indisprimary), c.relhasrules, c.relrowsecurity OR c.relforcerowsecurity, "
         "(SELECT pg_catalog.array_agg(a.attname ORDER BY a.attnum) FROM pg_catalog.pg_attribute a "
-        "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped))::pg_catalog.text "
+        "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), "
+        "CASE WHEN pg_catalog.has_table_privilege(c.oid, 'SELECT') THEN 'table' "
+        "WHEN NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid "
+        "AND a.attnum > 0 AND NOT a.attisdropped "
+        "AND NOT pg_catalog.has_column_privilege(c.oid, a.attnum, 'SELECT')) THEN 'columns' "
+        f"ELSE 'none' END, {generated}, "
+        # tgtype bits: 1 row, 2 before, 16 update
+        "EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid = c.oid "
+        "AND g.tgtype::pg_catalog.int4 & 19 = 19))::pg_catalog.text "
         "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         f"WHERE c.oid = {rel})"
     )
@@ -89,35 +131,37 @@ def parse_lookup(value: bytes | str | None) -> TableIdentity | None:
         return None
     try:
         text = value.decode() if isinstance(value, bytes) else value
-        oid, schema, name, relkind, key, primary, rules, rls, columns = json.loads(text)
+        fields = json.loads(text)
+        oid, schema, name, relkind, key, primary, rules, rls, columns = fields[:9]
+        # An answer without the privilege fields grants nothing: safe, not captured.
+        select, generated, triggers = _pad(fields[9:12], (SELECT_NONE, (), True))
         key_columns = tuple(str(c) for c in key or ())
         kind = "primary key" if primary else "replica identity" if key_columns else "whole row"
         every = tuple(str(c) for c in columns or ())
         return TableIdentity(
             int(oid), str(schema), str(name), str(relkind), key_columns, kind,
-            bool(rules), bool(rls), every,
+            bool(rules), bool(rls), every, str(select),
+            tuple(str(c) for c in generated or ()), bool(triggers),
         )  # fmt: skip
     except (ValueError, TypeError, UnicodeDecodeError):
         return None
 
 
 class IdentityCache:
-    """(database, relation as written) → identity; shared by every connection of a sidecar.
-
-    Touched only on the event loop. Bounded: the oldest entries go first.
-    """
+    """(database, role, relation as written) → identity; shared by every connection of a
+    sidecar. Touched only on the event loop. Bounded: the oldest entries go first."""
 
     def __init__(self, *, max_tables: int = MAX_TABLES) -> None:
-        self._known: OrderedDict[tuple[str, str], TableIdentity] = OrderedDict()
-        self._skip: dict[tuple[str, str], tuple[float, str]] = {}
+        self._known: OrderedDict[tuple[str, str, str], TableIdentity] = OrderedDict()
+        self._skip: dict[tuple[str, str, str], tuple[float, str]] = {}
         self._max = max_tables
         self.generation = 0  # bumped on every change, so cached rewrites know they are stale
 
-    def get(self, database: str, relation: str) -> TableIdentity | None:
-        return self._known.get((database, relation))
+    def get(self, scope: Scope, relation: str) -> TableIdentity | None:
+        return self._known.get((*scope, relation))
 
-    def put(self, database: str, relation: str, identity: TableIdentity) -> None:
-        key = (database, relation)
+    def put(self, scope: Scope, relation: str, identity: TableIdentity) -> None:
+        key = (*scope, relation)
         if self._known.get(key) == identity:
             return
         self._known[key] = identity
@@ -126,30 +170,32 @@ class IdentityCache:
             self._known.popitem(last=False)
         self.generation += 1
 
-    def skipped(self, database: str, relation: str) -> str | None:
+    def skipped(self, scope: Scope, relation: str) -> str | None:
         """Why statements on this table run uncaptured for now, or None."""
-        entry = self._skip.get((database, relation))
+        key = (*scope, relation)
+        entry = self._skip.get(key)
         if entry is None:
             return None
         if entry[0] < time.monotonic():
-            del self._skip[(database, relation)]
+            del self._skip[key]
             self.generation += 1
             return None
         return entry[1]
 
-    def skip(self, database: str, relation: str, reason: str) -> None:
+    def skip(self, scope: Scope, relation: str, reason: str, seconds: float = SKIP_SECONDS) -> None:
         if len(self._skip) >= self._max:
             self._skip.clear()
-        self._skip[(database, relation)] = (time.monotonic() + SKIP_SECONDS, reason)
-        self.forget(database, relation)
+        self._skip[(*scope, relation)] = (time.monotonic() + seconds, reason)
+        self.forget(scope, relation)
         self.generation += 1
 
-    def forget(self, database: str, relation: str) -> None:
-        if self._known.pop((database, relation), None) is not None:
+    def forget(self, scope: Scope, relation: str) -> None:
+        if self._known.pop((*scope, relation), None) is not None:
             self.generation += 1
 
     def forget_names(self, database: str, names: set[str] | None) -> None:
-        """After DDL: forgets tables whose name (any schema) is in ``names``; None = all."""
+        """After DDL (GRANT and policies included): forgets tables whose name (any schema)
+        is in ``names``, for every role; None = all of the database's."""
         stale = [
             key
             for key, ident in self._known.items()

@@ -7,17 +7,23 @@ from typing import Any
 
 from ..model import Event
 from .capture import StatementCapture
-from .events import lookup_key, mutation_events
+from .events import mutation_events
+from .lookupkey import lookup_key
 from .txn import ROLLED_BACK, Outcome, Rows, TxnTracker
 
 
 class MutationLog:
     def __init__(self) -> None:
+        # FLUX_LOOKUP_KEY, else the fixed key of old stores, until use_store() names the store.
         self._trackers: dict[str, TxnTracker[Event]] = {}
         self._autocommits: Counter[str] = Counter()
         self._seqs: Counter[str] = Counter()
         self._secret = lookup_key()
         self.counters: Counter[str] = Counter()  # drained into the store's counters
+
+    def use_store(self, location: str) -> None:
+        """Digests rows with the store's own lookup key, made on first use."""
+        self._secret = lookup_key(location, create=True)
 
     def cycle(
         self,

@@ -10,6 +10,7 @@ cached by text; the rewrite is cached too, and rebuilt from the cached analysis
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Final
 
 from protocols.sqltext import split_statements, statement_kind
@@ -31,12 +32,12 @@ UNPARSABLE: Final = "unparsable"
 
 class Planner:
     """Per sidecar process (its caches are shared by every connection), used per session
-    through :meth:`plan` with the session's database and server version."""
+    through :meth:`plan` with the session's database, role and server version."""
 
     def __init__(self, identities: IdentityCache | None = None) -> None:
         self.identities = identities or IdentityCache()
         self._analyses: dict[str, tuple[StatementInfo, ...] | None] = {}
-        self._rewrites: dict[tuple[str, str, int], tuple[int, Rewrite]] = {}
+        self._rewrites: dict[tuple[str, str, str, int], tuple[int, Rewrite]] = {}
         self.parses = 0  # how many texts went through pglast (tests check SELECTs add none)
 
     def interesting(self, sql: str) -> bool:
@@ -64,8 +65,9 @@ class Planner:
         self._analyses[sql] = infos
         return infos
 
-    def plan(self, sql: str, database: str, server_major: int) -> Rewrite | None:
-        """The rewrite of ``sql``, or None when the text needs no attention at all."""
+    def plan(self, sql: str, database: str, server_major: int, role: str = "") -> Rewrite | None:
+        """The rewrite of ``sql``, or None when the text needs no attention at all. ``role``
+        names whose privileges apply (identities are learnt and cached per role)."""
         if not self.interesting(sql):
             return None
         infos = self.analysis(sql)
@@ -75,17 +77,18 @@ class Planner:
             if info.is_ddl:
                 names = None if info.ddl_names is None else set(info.ddl_names)
                 self.identities.forget_names(database, names)
-        key = (sql, database, server_major)
+        key = (sql, database, role, server_major)
         generation = self.identities.generation
         cached = self._rewrites.get(key)
         if cached is not None and cached[0] == generation:
             return cached[1]
         identities = self.identities
+        scope = (database, role)
 
         def lookup(relation: str) -> TableIdentity | str | None:
-            return identities.skipped(database, relation) or identities.get(database, relation)
+            return identities.skipped(scope, relation) or identities.get(scope, relation)
 
-        result = rewrite(sql, infos, server_major=server_major, lookup=lookup)
+        result = replace(rewrite(sql, infos, server_major=server_major, lookup=lookup), role=role)
         if len(self._rewrites) >= MAX_CACHED:
             self._rewrites.clear()
         self._rewrites[key] = (self.identities.generation, result)

@@ -100,6 +100,9 @@ def send_pg(sidecar: SidecarProcess, traffic: Traffic) -> dict[str, str]:
     table = f"accounts_{secrets.token_hex(4)}"
     with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, password text, token text UNIQUE)")
+        # The first write on a table only looks it up (uncaptured); the next ones are logged.
+        conn.execute(f"INSERT INTO {table} VALUES (0, 'x', 't0')")
+        conn.execute(f"DELETE FROM {table} WHERE id = 0")
         # A password stored in a table, then read back: SQL text and result rows.
         with psycopg.ClientCursor(conn) as cursor:  # literals inlined, simple Query protocol
             cursor.execute(f"INSERT INTO {table} VALUES (1, %s, 't1') {COMMENT}", (password,))
