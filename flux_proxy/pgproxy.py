@@ -5,16 +5,19 @@ Bytes are forwarded exactly as they arrive, in both directions, with
 backpressure each way (``pause_writing`` on one side pauses reading on the
 other). The only per-message work on the data path is header scanning by
 :class:`protocols.pgwire.CycleSplitter`; decoding happens in the recorder's
-writer thread. Authentication traffic is forwarded and never recorded.
+writer thread. Authentication traffic is relayed (:mod:`.pgauth`) and never
+recorded.
+
+A mode switch reaches a session at an idle point (ReadyForQuery, status
+idle): recording starts or stops there, and a switch to replay hands the
+client's connection to :class:`.pgreplay.PgReplayProtocol`, with the prepared
+statements it made (:mod:`.pgprepared`), and ends the upstream session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import ssl
-import struct
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -22,70 +25,36 @@ from protocols import pgwire
 from recorder.mutation.capture import StatementCapture
 from recorder.pgcapture import PgCycleCaptured, PgSessionEnded, PgSessionStarted
 
-from .pgrewrite import PgRewriter, shared_planner
+from . import inflight
+from .pgauth import AUTH, CLOSED, CONNECTING, READY, STARTUP, PgSessionSetup, cancel_packet, fatal
+from .pgprepared import PreparedStatements
+from .pgreplay import PgReplayProtocol
+from .pgrewrite import PgRewriter, capture_enabled, shared_planner
 from .pgrows import server_major
-from .upstream import UpstreamProtocol, cancel_request, connect_upstream, set_nodelay
+from .upstream import cancel_request, set_nodelay
 
 if TYPE_CHECKING:
     from .pgserver import PgProxy
 
 log = logging.getLogger("flux.pg")
 
-_STARTUP, _CONNECTING, _AUTH, _READY, _CLOSED = range(5)
 _TERMINATE = b"X\x00\x00\x00\x04"
-_AUTH_OK = 0
-_AUTH_SASL = 10
-# Mutation capture rewrites data-changing statements in record mode; FLUX_CAPTURE_MUTATIONS=off
-# records cycles only (an escape hatch: capture is on by default).
-CAPTURE_MUTATIONS = os.environ.get("FLUX_CAPTURE_MUTATIONS", "on").lower() not in ("0", "off", "no")
-REPLAY_UNAVAILABLE = (
-    "flux-proxy is in replay mode; PostgreSQL replay is not available in this version, "
-    "and nothing is forwarded to the upstream"
-)
 
 
-def _without_channel_binding(message: bytes) -> bytes:
-    """AuthenticationSASL minus SCRAM-SHA-256-PLUS: channel binding ties SCRAM to one TLS
-    session, and the client's session (if any) ends at the sidecar, not at the server."""
-    body = message[9:]  # type, length, the SASL code
-    mechanisms = [m for m in body.split(b"\0") if m and not m.endswith(b"-PLUS")]
-    payload = struct.pack("!I", _AUTH_SASL) + b"".join(m + b"\0" for m in mechanisms) + b"\0"
-    return b"R" + struct.pack("!I", len(payload) + 4) + payload
-
-
-def fatal(code: str, message: str, detail: str | None = None) -> bytes:
-    """An ErrorResponse of our own making (the sidecar speaking, not the upstream)."""
-    extra = {"detail": detail} if detail else {}
-    return pgwire.encode(pgwire.error_response("FATAL", code, message, **extra))
-
-
-class PgClientProtocol(asyncio.Protocol):
+class PgClientProtocol(PgSessionSetup):
     """One client connection and, once it has sent its StartupMessage, its upstream."""
 
     def __init__(self, proxy: PgProxy) -> None:
-        self.proxy = proxy
-        self.conn_id = proxy.next_conn_id()
-        self.transport: asyncio.Transport | None = None
-        self.upstream: UpstreamProtocol | None = None
-        self.state = _STARTUP
-        self.peer = "?"
-        self._startup = bytearray()
-        self._startup_packet = b""
-        self._parameters: tuple[tuple[str, str], ...] = ()
-        self._early: list[bytes] = []  # client bytes that arrived before the upstream was ready
-        self._auth = bytearray()  # backend bytes during authentication, parsed for its end
-        self._authenticated = False
-        self._session_backend = bytearray()  # after AuthenticationOk, kept for the session event
-        self._backend_key: bytes | None = None
-        self._started_ns = 0
+        super().__init__(proxy)
         self.splitter: pgwire.CycleSplitter | None = None
+        self.prepared = PreparedStatements()  # kept for a handover to replay
         # Record mode's mutation capture: rewrites data-changing statements upstream and
         # strips what it added from the answers (pgrewrite). Kept once made, so statements
         # it prepared rewritten are still stripped after recording stops.
         self.rewriter: PgRewriter | None = None
         self.recording = False
+        self._state = proxy.state
         self._mode_epoch = -1
-        self._writing_paused = False
 
     # -- client side -----------------------------------------------------
 
@@ -97,10 +66,19 @@ class PgClientProtocol(asyncio.Protocol):
         self.proxy.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.state == _READY:
-            assert self.splitter is not None and self.upstream is not None
+        if self.state == READY:
+            splitter = self.splitter
+            assert splitter is not None and self.upstream is not None
+            if self._mode_epoch != self._state.mode_epoch and splitter.idle:
+                # A switch made while the session was idle lands here, before any of this
+                # request reaches the upstream.
+                session = self._apply_mode()
+                if session is not None:
+                    session.data_received(data)
+                    return
             try:
-                self.splitter.frontend(data, time.time_ns() if self.recording else 0)
+                splitter.frontend(data, time.time_ns() if self.recording else 0)
+                self.prepared.frontend(data, splitter)
                 if self.rewriter is not None:
                     data = self.rewriter.frontend(data)
             except pgwire.RemoteProtocolError as exc:
@@ -110,12 +88,12 @@ class PgClientProtocol(asyncio.Protocol):
                 self._rewriter_failed()
                 return
             self.upstream.write(data)
-        elif self.state == _AUTH:
+        elif self.state == AUTH:
             assert self.upstream is not None
             self.upstream.write(data)
-        elif self.state == _STARTUP:
+        elif self.state == STARTUP:
             self._startup_data(data)
-        elif self.state == _CONNECTING:
+        elif self.state == CONNECTING:
             self._early.append(data)
 
     def eof_received(self) -> bool | None:
@@ -123,17 +101,17 @@ class PgClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
-        self.state = _CLOSED
+        self.state = CLOSED
         upstream = self.upstream
         if upstream is not None and not upstream.closed:
             splitter = self.splitter
-            if was == _READY and splitter is not None and splitter.awaiting_backend:
+            if was == READY and splitter is not None and splitter.awaiting_backend:
                 # The client vanished mid-query: cancel it so the backend is released now,
                 # not when the query would have finished.
                 self._send_cancel()
             # Only between messages of an established session: mid-authentication the
             # server would take a Terminate for a broken SASL exchange and log an error.
-            if was == _READY and splitter is not None and splitter.at_frontend_boundary:
+            if was == READY and splitter is not None and splitter.at_frontend_boundary:
                 upstream.write(_TERMINATE)
             upstream.close()
         self._finish_recording("client closed")
@@ -149,116 +127,13 @@ class PgClientProtocol(asyncio.Protocol):
         if self.upstream is not None:
             self.upstream.resume_reading()
 
-    # -- startup ---------------------------------------------------------
-
-    def _startup_data(self, data: bytes) -> None:
-        self._startup += data
-        if len(self._startup) < 4:
-            return
-        if self._startup[0] == 0x16:
-            self._reject("direct TLS negotiation is not supported; use sslmode with SSLRequest")
-            return
-        length = struct.unpack_from("!I", self._startup)[0]
-        if length < 8 or length > pgwire.STARTUP_MAX_LENGTH:
-            self._reject(f"invalid startup packet length {length}")
-            return
-        if len(self._startup) < length:
-            return
-        packet = bytes(self._startup[:length])
-        rest = bytes(self._startup[length:])
-        self._startup.clear()
-        try:
-            message = pgwire.decode_startup(packet)
-        except pgwire.RemoteProtocolError as exc:
-            self._reject(str(exc))
-            return
-        assert self.transport is not None
-        match message:
-            case pgwire.SSLRequest():
-                if rest:  # bytes sent before the TLS handshake could be injected: refuse
-                    self._reject("unexpected data after SSLRequest")
-                elif self.proxy.tls_context is not None:
-                    self.transport.write(b"S")
-                    self.proxy.spawn(self._start_tls())
-                else:
-                    self.transport.write(b"N")
-            case pgwire.GSSENCRequest():
-                self.transport.write(b"N")
-                if rest:
-                    self._startup_data(rest)
-            case pgwire.CancelRequest():
-                if self.proxy.mode != "replay":
-                    self.proxy.spawn(cancel_request(self.proxy.upstream, packet))
-                self.transport.close()
-            case pgwire.StartupMessage(protocol_version=version, parameters=parameters):
-                if version >> 16 != 3:
-                    self._reject(
-                        f"unsupported frontend protocol {version >> 16}.{version & 0xFFFF}"
-                    )
-                    return
-                if self.proxy.mode == "replay":
-                    # Fail-closed: in replay mode nothing may reach the upstream.
-                    self.proxy.count("replay_refused")
-                    self._close_with(fatal("08004", REPLAY_UNAVAILABLE))
-                    return
-                self._startup_packet = packet
-                self._parameters = parameters
-                self._started_ns = time.time_ns()
-                self.state = _CONNECTING
-                if rest:
-                    self._early.append(rest)
-                self.proxy.spawn(self._connect())
-
-    async def _start_tls(self) -> None:
-        assert self.transport is not None and self.proxy.tls_context is not None
-        loop = asyncio.get_running_loop()
-        try:
-            transport = await loop.start_tls(
-                self.transport, self, self.proxy.tls_context, server_side=True
-            )
-        except (OSError, ssl.SSLError) as exc:
-            log.warning("TLS handshake with %s failed: %s", self.peer, exc)
-            self.transport.close()
-            return
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-
-    async def _connect(self) -> None:
-        try:
-            upstream = await connect_upstream(self.proxy.upstream, self)
-        except (OSError, ssl.SSLError, ConnectionError) as exc:
-            self.proxy.count("upstream_connect_errors")
-            log.warning(
-                "connection %s: upstream %s unreachable: %s",
-                self.conn_id,
-                self.proxy.upstream.address,
-                exc,
-            )
-            self._close_with(
-                fatal(
-                    "08001",
-                    f"flux-proxy could not connect to the upstream "
-                    f"server {self.proxy.upstream.address}",
-                    str(exc),
-                )
-            )
-            return
-        if self.state == _CLOSED:
-            upstream.close()
-            return
-        self.upstream = upstream
-        self.state = _AUTH
-        upstream.write(self._startup_packet + b"".join(self._early))
-        self._early.clear()
-        if self._writing_paused:
-            upstream.pause_reading()
-
     # -- upstream side ---------------------------------------------------
 
     def upstream_data(self, data: bytes) -> None:
         transport = self.transport
-        if transport is None or self.state == _CLOSED:
+        if transport is None or self.state == CLOSED:
             return
-        if self.state == _AUTH:
+        if self.state == AUTH:
             self._auth_data(data)  # forwards each message once it is whole
             return
         # From here on the session is established: the upstream exists only from AUTH on.
@@ -280,58 +155,17 @@ class PgClientProtocol(asyncio.Protocol):
         if cycles:
             submit = self.proxy.submit
             conn_id = self.conn_id
+            # The weakest attribution: the one inbound request in flight, if only one is.
+            request = inflight.single_trace()
             for n, cycle in enumerate(cycles):
                 captures = tuple(captured[n]) if n < len(captured) else ()
-                submit(PgCycleCaptured(conn_id=conn_id, cycle=cycle, captures=captures))
-        if self._mode_epoch != self.proxy.mode_epoch and splitter.idle:
+                submit(PgCycleCaptured(conn_id=conn_id, cycle=cycle, captures=captures,
+                                       inflight=request))  # fmt: skip
+        if self._mode_epoch != self._state.mode_epoch and splitter.idle:
             self._apply_mode()
 
-    def _auth_data(self, data: bytes) -> None:
-        """Follows authentication to its end, forwarding each message once it is whole;
-        nothing of it is kept before AuthenticationOk."""
-        self._auth += data
-        buf = self._auth
-        out: list[bytes] = []
-        pos = 0
-        while len(buf) - pos >= 5:
-            type_byte = buf[pos]
-            length = struct.unpack_from("!I", buf, pos + 1)[0]
-            if length < 4 or length > pgwire.STARTUP_MAX_LENGTH * 100:
-                self._upstream_violation(f"invalid message length {length} during startup")
-                return
-            end = pos + 1 + length
-            if end > len(buf):
-                break
-            message = bytes(buf[pos:end])
-            pos = end
-            if type_byte == ord("R"):
-                code = struct.unpack_from("!I", message, 5)[0]
-                self._authenticated = code == _AUTH_OK
-                if code == _AUTH_SASL:
-                    message = _without_channel_binding(message)
-            elif self._authenticated:
-                self._session_backend += message
-                if type_byte == ord("K"):
-                    self._backend_key = message[5:]
-                elif type_byte == ord("Z"):
-                    out.append(message)
-                    self._forward(b"".join(out))
-                    rest = bytes(buf[pos:])
-                    buf.clear()
-                    self._ready(chr(message[-1]))
-                    if rest and self.state == _READY:
-                        self.upstream_data(rest)
-                    return
-            out.append(message)
-        self._forward(b"".join(out))
-        del buf[:pos]
-
-    def _forward(self, data: bytes) -> None:
-        if data and self.transport is not None:
-            self.transport.write(data)
-
     def _ready(self, status: str) -> None:
-        self.state = _READY
+        self.state = READY
         self.splitter = pgwire.CycleSplitter(
             keep_bytes=False,
             max_cycle_bytes=self.proxy.max_cycle_bytes,
@@ -340,27 +174,29 @@ class PgClientProtocol(asyncio.Protocol):
         self.splitter.status = status
         self._apply_mode()
 
-    def _apply_mode(self) -> None:
-        """Called at idle points only, so recording starts and stops on cycle boundaries."""
+    def mode_changed(self) -> None:
+        """The sidecar's mode changed: applied now if the session is idle, else at its next
+        idle point."""
+        splitter = self.splitter
+        if self._mode_epoch != self._state.mode_epoch and self.state == READY:
+            assert splitter is not None
+            if splitter.idle:
+                self._apply_mode()
+
+    def _apply_mode(self) -> PgReplayProtocol | None:
+        """Called at idle points only, so recording starts and stops on cycle boundaries.
+        Returns the replay session that took the connection over, if it was handed over."""
         assert self.splitter is not None
-        self._mode_epoch = self.proxy.mode_epoch
+        self._mode_epoch = self._state.mode_epoch
         if self.proxy.mode == "replay":
-            self._finish_recording("switched to replay")
-            self._close_with(
-                fatal(
-                    "57P01",
-                    "terminating connection: flux-proxy switched to replay mode",
-                    REPLAY_UNAVAILABLE,
-                )
-            )
-            return
+            return self._hand_over()
         recording = self.proxy.mode == "record"
         if recording and not self.recording:
             self.proxy.submit(
                 PgSessionStarted(
                     conn_id=self.conn_id,
                     parameters=self._parameters,
-                    backend=bytes(self._session_backend),
+                    backend=bytes(self.auth.session_backend),
                     client=self.peer,
                     upstream=self.proxy.upstream.address,
                     start_ns=self._started_ns,
@@ -375,20 +211,52 @@ class PgClientProtocol(asyncio.Protocol):
             )
         self.recording = recording
         self.splitter.keep_bytes = recording
-        if recording and self.rewriter is None and CAPTURE_MUTATIONS:
+        if recording and self.rewriter is None and capture_enabled():
             params = dict(self._parameters)
             self.rewriter = PgRewriter(
                 shared_planner(),
                 database=params.get("database") or params.get("user", ""),
-                server_major=server_major(bytes(self._session_backend)),
+                server_major=server_major(bytes(self.auth.session_backend)),
+                user=params.get("user", ""),
+                counters=self.proxy.state.counters,
             )
         if self.rewriter is not None:
             self.rewriter.enabled = recording
+        return None
+
+    def _hand_over(self, startup: bytes | None = None) -> PgReplayProtocol | None:
+        """Replay answers this connection from now on: at an idle point of an established
+        session (the client keeps its connection, its session and prepared statements), or
+        with the ``startup`` packet still to answer. The upstream session ends cleanly."""
+        transport = self.transport
+        self._finish_recording("switched to replay")
+        self.state = CLOSED
+        upstream = self.upstream
+        if upstream is not None and not upstream.closed:
+            upstream.write(_TERMINATE)
+            upstream.close()
+        if transport is None or transport.is_closing():
+            return None
+        statements = self.prepared.statements if startup is None else {}
+        session = PgReplayProtocol.adopt(
+            self.proxy, transport, self.conn_id, statements, startup=startup is not None
+        )
+        self.proxy.handed_over(self, session)
+        if self._reading_paused:
+            transport.resume_reading()
+        log.info(
+            "connection %s: answered from recordings from now on (%d prepared statements)",
+            self.conn_id,
+            len(statements),
+        )
+        if startup:
+            session.data_received(startup)
+        return session
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        if self.state == _CLOSED:
+        if self.state == CLOSED:
             return
-        if self.state == _READY and self.splitter is not None and self.splitter.awaiting_backend:
+        if self.state == READY and self.splitter is not None and self.splitter.awaiting_backend:
             self.proxy.count("upstream_lost_mid_query")
             log.warning(
                 "connection %s: upstream closed mid-query (%s)",
@@ -400,14 +268,6 @@ class PgClientProtocol(asyncio.Protocol):
         self._finish_recording("upstream closed")
         if self.transport is not None:
             self.transport.close()
-
-    def upstream_pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def upstream_resume_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
 
     # -- errors and endings ----------------------------------------------
 
@@ -431,17 +291,9 @@ class PgClientProtocol(asyncio.Protocol):
         self._close_with(fatal("XX000", "flux-proxy: internal error in mutation capture"))
 
     def _send_cancel(self) -> None:
-        if self._backend_key is None:
-            return
-        pid = self._backend_key[:4]
-        packet_body = struct.pack("!I", 80877102) + pid + self._backend_key[4:]
-        packet = struct.pack("!I", len(packet_body) + 4) + packet_body
-        self.proxy.spawn(cancel_request(self.proxy.upstream, packet))
-
-    def _reject(self, reason: str) -> None:
-        self.proxy.count("rejected_connections")
-        log.warning("rejected connection %s from %s: %s", self.conn_id, self.peer, reason)
-        self._close_with(fatal("08P01", f"invalid startup from client: {reason}"))
+        if self.auth.backend_key is not None:
+            packet = cancel_packet(self.auth.backend_key)
+            self.proxy.spawn(cancel_request(self.proxy.upstream, packet))
 
     def _protocol_violation(self, reason: str) -> None:
         self.proxy.count("protocol_errors")
@@ -449,18 +301,3 @@ class PgClientProtocol(asyncio.Protocol):
             "connection %s from %s: client protocol violation: %s", self.conn_id, self.peer, reason
         )
         self._close_with(fatal("08P01", f"protocol violation: {reason}"))
-
-    def _upstream_violation(self, reason: str) -> None:
-        self.proxy.count("protocol_errors")
-        log.warning("connection %s: upstream protocol violation: %s", self.conn_id, reason)
-        if self.transport is not None:
-            self.transport.close()
-        if self.upstream is not None:
-            self.upstream.close()
-
-    def _close_with(self, message: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(message)
-            self.transport.close()
-        if self.upstream is not None:
-            self.upstream.close()

@@ -6,6 +6,12 @@ frontend message: Parse, Bind, Close and Sync from the protocol rules,
 Describe and Execute (and simple Queries) from the matched recording. A miss
 is an ErrorResponse naming the closest recording; after an error the
 extended protocol skips to Sync, as PostgreSQL does.
+
+A statement replays the trace named by its sqlcommenter comment, else the
+trace of the transaction it runs in (from an earlier comment), else the one
+inbound request in flight, else the run's scope. When the sidecar leaves
+replay mode, each session is closed at its next idle point with FATAL 57P01,
+as a server shutting down would, so that pools reconnect through the upstream.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from protocols import pgwire
 from protocols.sqlcommenter import extract_traceparent
 from recorder.pgreplay import Hit, Miss, Recorded
 
+from . import inflight
 from .upstream import set_nodelay
 
 if TYPE_CHECKING:
@@ -48,6 +55,9 @@ _DEFAULT_STATUS = {
     "is_superuser": "off",
 }
 MISS_SQLSTATE = "R9001"  # implementation-defined class: flux replay found no recording
+_LEFT_REPLAY = "terminating connection: flux-proxy left replay mode"
+_OUTSIDE_BATCHES = (pgwire.Sync, pgwire.Query, pgwire.Terminate)
+END_DELAY_SECONDS = 0.05
 
 
 @dataclass(slots=True)
@@ -83,25 +93,59 @@ class PgReplayProtocol(asyncio.Protocol):
         self.started = False
         self.status = "I"
         self.skipping = False
-        self.trace: str | None = None  # the trace this session's statements replay
+        self.pending = False  # extended-protocol messages received since the last Sync
+        self._ending = False  # an end at the last idle point is scheduled
+        self.trace: str | None = None  # the current transaction's trace, from a comment
         self._generation = proxy.state.replay_generation
+        self._mode_epoch = proxy.state.mode_epoch
         self.statements: dict[str, tuple[str, tuple[int, ...]]] = {}
         self.portals: dict[str, _Portal] = {}
         self.out: list[bytes] = []
 
     @classmethod
-    def adopt(cls, proxy: PgProxy, transport: asyncio.Transport, conn_id: str) -> PgReplayProtocol:
-        """Takes over a live session at an idle point (record → replay): the client's pool
-        keeps its connection and is answered from recordings from its next message on.
-        Its prepared statements are unknown to us, so a Bind of one gets 26000, as from a
-        server that lost them; drivers re-prepare."""
+    def adopt(
+        cls,
+        proxy: PgProxy,
+        transport: asyncio.Transport,
+        conn_id: str,
+        statements: dict[str, tuple[str, tuple[int, ...]]],
+        *,
+        startup: bool = False,
+    ) -> PgReplayProtocol:
+        """Takes over a client connection from the forwarding proxy (record → replay): at an
+        idle point of its session, with the statements the client prepared there, so its
+        pool keeps the connection and Binds to them as before; or, with ``startup``, before
+        its StartupMessage was answered. Registering it is the caller's business."""
+        proxy.replay_run()
         session = cls(proxy)
         session.conn_id = conn_id
-        session.started = True
-        session.reader = pgwire.MessageReader()
+        session.started = not startup
+        session.reader = pgwire.MessageReader(startup=startup)
+        session.statements = dict(statements)
         session.transport = transport
         transport.set_protocol(session)
         return session
+
+    @property
+    def idle(self) -> bool:
+        """Between requests, outside a transaction: where a session may be ended cleanly."""
+        return self.status == "I" and not self.pending and not self.reader.buffered
+
+    def mode_changed(self) -> None:
+        """The sidecar left replay mode: a session that is idle now ends now. Never in the
+        same read as a ReadyForQuery: libpq takes an error that comes with it, while idle,
+        for a notice, and the client would see a connection closed for no reason."""
+        self._ending = False
+        if self.proxy.state.mode != "replay" and self.started and self.idle:
+            self._terminate()
+
+    def _terminate(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            self.proxy.count("replay_sessions_ended")
+            log.info("connection %s: closed with 57P01, the sidecar left replay mode", self.conn_id)
+            transport.write(_error("FATAL", "57P01", _LEFT_REPLAY))
+            transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -112,6 +156,11 @@ class PgReplayProtocol(asyncio.Protocol):
         self.proxy.connection_closed(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._mode_epoch != self.proxy.state.mode_epoch:
+            self._mode_epoch = self.proxy.state.mode_epoch
+            if self.proxy.state.mode != "replay" and self.started and self.idle:
+                self._terminate()  # the switch came while the session was idle
+                return
         try:
             self.reader.receive_data(data)
             while (frame := self.reader.next_message()) is not None:
@@ -126,6 +175,11 @@ class PgReplayProtocol(asyncio.Protocol):
                 self.transport.close()
             return
         self._flush()
+        if self.proxy.state.mode != "replay" and self.idle and not self._ending:
+            # The first idle point since the switch: end the session, but not in the same
+            # breath as this ReadyForQuery (see mode_changed).
+            self._ending = True
+            asyncio.get_running_loop().call_later(END_DELAY_SECONDS, self.mode_changed)
 
     def _flush(self) -> None:
         if self.out and self.transport is not None and not self.transport.is_closing():
@@ -157,14 +211,19 @@ class PgReplayProtocol(asyncio.Protocol):
                 self._ready()
 
     def _ready(self) -> None:
+        if self.status == "I":
+            self.trace = None  # a comment's trace lasts as long as its transaction
         self.out.append(pgwire.encode(pgwire.ReadyForQuery(status=self.status)))  # type: ignore[arg-type]
 
     # -- messages ----------------------------------------------------------------
 
     def _message(self, message: Any) -> None:
+        if not isinstance(message, _OUTSIDE_BATCHES):
+            self.pending = True
         match message:
             case pgwire.Sync():
                 self.skipping = False
+                self.pending = False
                 self._ready()
             case pgwire.Query(query=sql):
                 self._query(sql)
@@ -209,7 +268,10 @@ class PgReplayProtocol(asyncio.Protocol):
         if comment is not None:
             self.trace = comment.trace_id
             return comment.trace_id
-        return self.trace or self.proxy.state.replay_scope
+        if self.trace is not None:
+            return self.trace
+        request = inflight.single_trace()
+        return request.trace_id if request is not None else self.proxy.state.replay_scope
 
     def _match(
         self, sql: str, params: tuple[bytes | None, ...], types: tuple[int, ...], *, simple: bool
@@ -247,9 +309,11 @@ class PgReplayProtocol(asyncio.Protocol):
             self._fail("26000", f"prepared statement {name!r} does not exist")
             return
         sql, _types = self.statements[name]
-        found = self.proxy.replay.describe_statement(sql)
-        if found is None:
-            self._fail(MISS_SQLSTATE, f"flux replay: no recorded description of {sql!r}")
+        self.proxy.replay_run()
+        found = self.proxy.replay.describe_statement(self._trace_for(sql), sql)
+        if isinstance(found, Miss):
+            log.warning("connection %s: %s", self.conn_id, found.message)
+            self._fail(MISS_SQLSTATE, found.message)
         else:
             self.out.extend(found)
 
@@ -276,8 +340,8 @@ class PgReplayProtocol(asyncio.Protocol):
             return True
         tag = _transaction_tag(state.sql)
         if tag is not None:
-            response = (pgwire.encode(pgwire.CommandComplete(tag=tag)),)
-            state.hit = Hit(recorded=_synthetic(state.sql, response))
+            done = (pgwire.encode(pgwire.CommandComplete(tag=tag)),)
+            state.hit = Hit(recorded=_synthetic(state.sql, done))
         else:
             result = self._match(state.sql, state.params, state.types, simple=False)
             if isinstance(result, Miss):

@@ -1,8 +1,16 @@
-"""The PostgreSQL listener and what its connections share."""
+"""The PostgreSQL listener and what its connections share.
+
+A connection is served by :class:`.pgproxy.PgClientProtocol` (forwarding, in
+record and passthrough) or :class:`.pgreplay.PgReplayProtocol` (answering from
+recordings), chosen at accept time by the mode; a mode switch reaches open
+connections at their idle points, where the forwarder hands its client over
+to replay and replay closes with 57P01 so that pools reconnect upstream.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -19,6 +27,8 @@ from .state import SidecarState
 from .upstream import UpstreamTarget
 
 log = logging.getLogger("flux.pg")
+
+MODE_POLL_SECONDS = 0.1
 
 
 class PgProxy:
@@ -46,6 +56,7 @@ class PgProxy:
         self._prefix = os.urandom(2).hex()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def mode(self) -> str:
@@ -87,11 +98,32 @@ class PgProxy:
     def connection_closed(self, conn: PgClientProtocol | PgReplayProtocol) -> None:
         self.connections.discard(conn)
 
+    def handed_over(self, old: PgClientProtocol, new: PgReplayProtocol) -> None:
+        """A forwarded connection is answered from recordings from now on (same client)."""
+        self.connections.discard(old)
+        self.connections.add(new)
+        self.count("handovers")
+
+    async def _watch_mode(self) -> None:
+        """Brings a switch to connections that are idle when it happens, so that they need
+        not wait for their next request: an idle forwarded session goes to replay (and its
+        upstream backend ends) at once, an idle replayed one closes at once, as a server
+        terminating it would. Mode switches come from several places (admin API, pod
+        annotation): following the one counter keeps them free of callbacks."""
+        epoch = self.state.mode_epoch
+        while True:
+            await asyncio.sleep(MODE_POLL_SECONDS)
+            if self.state.mode_epoch != epoch:
+                epoch = self.state.mode_epoch
+                for conn in list(self.connections):
+                    conn.mode_changed()
+
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._accept, host, port, backlog=1024, reuse_address=True
         )
+        self._watcher = loop.create_task(self._watch_mode())
         sockname = self._server.sockets[0].getsockname()
         return sockname[0], sockname[1]
 
@@ -103,6 +135,10 @@ class PgProxy:
     async def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
 
     async def close(self, grace: float = 0.0) -> None:
         """Stops accepting, lets open sessions finish for ``grace`` seconds, then closes them."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
+from protocols.sqltext import normalize
 from recorder.abc import PayloadSealer
 from recorder.model import StoredEvent
 from recorder.pgreplay import Hit, Miss, ReplayIndex
@@ -17,6 +19,8 @@ log = logging.getLogger("flux.replay")
 # load what the connections did this long before the trace started.
 CONTEXT_NS = 60 * 10**9
 UNATTRIBUTED_LIMIT = 5000
+# A miss looks for recordings stored since the index was loaded at most this often.
+CATCH_UP_SECONDS = 1.0
 
 
 class PgReplaySource:
@@ -27,6 +31,7 @@ class PgReplaySource:
         self.scope: str | None = None  # the trace the current run replays, if any
         self._loaded: set[int] = set()
         self._traces: set[str | None] = set()
+        self._caught_up = 0.0
         self.hits = 0
         self.misses = 0
         self.report = ReplayReport()  # the current run's, replaced by reset()
@@ -37,6 +42,7 @@ class PgReplaySource:
         self.report = report if report is not None else ReplayReport(scope=scope)
         self._loaded.clear()
         self._traces.clear()
+        self._caught_up = 0.0
         self.scope = scope
         if scope is not None:
             self._load(scope)
@@ -79,13 +85,52 @@ class PgReplaySource:
         finally:
             store.close()
 
+    def _catch_up(self) -> bool:
+        """Adds what was stored after the newest recording loaded; True if anything was.
+
+        Entering replay from record in the same sidecar, the recorder's last batches can
+        land after the index was loaded: a statement recorded a moment before the switch
+        must not miss for that."""
+        now = time.monotonic()
+        if not self._loaded or now - self._caught_up < CATCH_UP_SECONDS:
+            return False
+        self._caught_up = now
+        try:
+            store = open_store(self.location, readonly=True, sealer=self.sealer)
+        except (StoreError, OSError):
+            return False
+        try:
+            fresh = [
+                e
+                for e in store.events(after_id=max(self._loaded), limit=UNATTRIBUTED_LIMIT)
+                if e.event.kind.startswith("pg.")
+            ]
+        finally:
+            store.close()
+        self._add(fresh)
+        return bool(fresh)
+
     def parameter_status(self) -> dict[str, str]:
         if not self.index.parameter_status:
             self._load(None)
         return self.index.parameter_status
 
-    def describe_statement(self, sql: str) -> tuple[bytes, ...] | None:
-        return self.index.describe_statement(sql)
+    def describe_statement(self, trace: str | None, sql: str) -> tuple[bytes, ...] | Miss:
+        """A recorded answer to Describe of the statement, or the miss (reported)."""
+        self._load(trace)
+        found = self.index.describe_statement(sql)
+        if found is None and trace is not None:
+            self._load(None)
+            found = self.index.describe_statement(sql)
+        if found is None and self._catch_up():
+            found = self.index.describe_statement(sql)
+        if found is not None:
+            return found
+        miss = self.index.undescribed(trace, sql)
+        closest = miss.closest.normalized if miss.closest is not None else None
+        self.misses += 1
+        self.report.miss("pg.query", trace, normalize(sql), miss.message, closest)
+        return miss
 
     def match(
         self,
@@ -101,6 +146,8 @@ class PgReplaySource:
         if isinstance(result, Miss) and trace is not None:
             # Session-level traffic may only be in unattributed recordings.
             self._load(None)
+            result = self.index.match(trace, sql, params, types, simple=simple)
+        if isinstance(result, Miss) and self._catch_up():
             result = self.index.match(trace, sql, params, types, simple=simple)
         request = result.recorded.normalized if isinstance(result, Hit) else sql
         if isinstance(result, Hit):

@@ -26,6 +26,7 @@ from typing import Any, Final
 import msgpack
 
 from protocols.pgwire import RawCycle
+from protocols.traceparent import new_traceparent
 
 from .abc import PayloadSealer
 from .crypto import EnvelopeSealer
@@ -81,8 +82,10 @@ def pack_item(item: Item) -> bytes:
                 c.truncated,
                 c.complete,
             ]
-            if item.captures:
+            if item.captures or item.inflight is not None:
                 fields.append([capture.to_wire() for capture in item.captures])
+            if item.inflight is not None:  # the one inbound request in flight
+                fields.append([item.inflight.trace_id, item.inflight.parent_id])
         case PgSessionStarted():
             fields = [
                 _SESSION_STARTED,
@@ -123,6 +126,7 @@ def unpack_item(fields: list[Any]) -> Item:
         _, conn_id, frontend, backend, start_ns, end_ns, status, truncated, complete = fields[:9]
         extra = fields[9] if len(fields) > 9 else ()
         captures = tuple(StatementCapture.from_wire(c) for c in extra)
+        inflight = new_traceparent(*fields[10]) if len(fields) > 10 else None
         cycle = RawCycle(
             frontend=frontend,
             backend=backend,
@@ -132,7 +136,7 @@ def unpack_item(fields: list[Any]) -> Item:
             truncated=truncated,
             complete=complete,
         )
-        return PgCycleCaptured(conn_id=conn_id, cycle=cycle, captures=captures)
+        return PgCycleCaptured(conn_id=conn_id, cycle=cycle, captures=captures, inflight=inflight)
     if tag == _SESSION_STARTED:
         _, conn_id, parameters, backend, client, upstream, start_ns, end_ns = fields
         return PgSessionStarted(
@@ -219,6 +223,7 @@ def run(
 ) -> int:
     """``sealer`` None stores payloads in plaintext: only ever asked for explicitly."""
     ingest = Ingest()
+    ingest.pg.mutations.use_store(store_location)  # the store's own row-lookup key
     writer = RecordWriter(
         lambda: open_store(store_location, sealer=sealer),
         process=ingest.process,

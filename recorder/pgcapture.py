@@ -3,6 +3,14 @@
 The proxy's event loop only splits traffic into raw cycles (cheap header
 scanning); everything here runs in the recorder's writer thread: decoding the
 messages, fingerprinting statements, and attributing each cycle to a trace.
+
+Attribution, strongest first: the statement's sqlcommenter comment; the
+comment of the Parse that prepared it, inside that same transaction; the trace
+of the transaction it runs in (a transaction is attributed once, by the first
+of its statements that carries a trace, and holds its earlier statements until
+then); and last, the one inbound request that was in flight when the cycle
+ended, if only one was (``PgCycleCaptured.inflight``). A transaction that no
+comment attributes goes to the request in flight at its first such cycle.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ class PgCycleCaptured:
     cycle: RawCycle
     # Rows the cycle's data-changing statements captured (record mode's rewrite), in order.
     captures: tuple[StatementCapture, ...] = ()
+    # The trace of the only inbound request in flight when the cycle ended, if only one was.
+    inflight: TraceParent | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +80,7 @@ class _Session:
     status: str = "I"
     txn_serial: int = 0
     txn_trace: TraceParent | None = None
+    txn_inflight: TraceParent | None = None  # the weakest claim on the open transaction
     held: list[Event] = field(default_factory=list)
     prepared: dict[str, _Prepared] = field(default_factory=dict)
     # name -> (SQL, parameter types), for Binds in later cycles
@@ -91,14 +102,14 @@ class PgEventBuilder:
                 return [self._session_started(item)]
             case PgSessionEnded():
                 session = self._sessions.pop(item.conn_id, None)
-                trace = session.txn_trace if session is not None else None
+                trace = (session.txn_trace or session.txn_inflight) if session else None
                 ended = [
                     finalize(e, status, trace.trace_id if trace else None)
                     for e, status in self.mutations.close(item.conn_id)
                 ]
                 if session is None or not session.held:
                     return ended
-                return _attribute(session.held, session.txn_trace) + ended
+                return _release(session) + ended
 
     def _session_started(self, item: PgSessionStarted) -> Event:
         params = dict(item.parameters)
@@ -144,6 +155,12 @@ class PgEventBuilder:
         if began:
             session.txn_serial += 1
         trace, source = self._trace_for(session, decoded, in_txn_before)
+        in_txn = in_txn_before or began
+        if trace is None and item.inflight is not None:
+            if not in_txn:
+                trace, source = item.inflight, "inflight"
+            elif session.txn_inflight is None:
+                session.txn_inflight = item.inflight
         session.statements.update(decoded.parsed)
         for name in decoded.parsed:
             session.prepared[name] = _Prepared(
@@ -163,11 +180,12 @@ class PgEventBuilder:
             item.conn_id, item.captures, decoded, event, status_before=status_before,
             status_after=cycle.status, txn_serial=session.txn_serial,
         )  # fmt: skip
-        txn_trace = session.txn_trace or trace  # a transaction's trace, before it is reset
+        # A transaction's trace, before it is reset.
+        txn_trace = session.txn_trace or trace or (session.txn_inflight if in_txn else None)
         session.status = status_after
         in_txn_after = status_after in ("T", "E")
         out: list[Event] = []
-        if in_txn_before or began:
+        if in_txn:
             if session.txn_trace is None and trace is not None:
                 session.txn_trace = trace
                 out.extend(_attribute(session.held, trace))
@@ -175,14 +193,13 @@ class PgEventBuilder:
             if event.trace_id is None and session.txn_trace is None:
                 session.held.append(event)
                 if len(session.held) > MAX_HELD_EVENTS:
-                    out.extend(session.held)
-                    session.held.clear()
+                    out.extend(_release(session))
             else:
                 out.append(event)
             if not in_txn_after:
-                out.extend(_attribute(session.held, session.txn_trace))
-                session.held.clear()
+                out.extend(_release(session))
                 session.txn_trace = None
+                session.txn_inflight = None
         else:
             out.append(event)
         if final:
@@ -210,7 +227,9 @@ class PgEventBuilder:
         return None, ""
 
 
-def _attribute(events: list[Event], trace: TraceParent | None) -> list[Event]:
+def _attribute(
+    events: list[Event], trace: TraceParent | None, source: str = "transaction"
+) -> list[Event]:
     if trace is None:
         return list(events)
     return [
@@ -218,10 +237,20 @@ def _attribute(events: list[Event], trace: TraceParent | None) -> list[Event]:
             e,
             trace_id=trace.trace_id,
             parent_span_id=trace.parent_id,
-            attrs={**e.attrs, "trace_source": "transaction"},
+            attrs={**e.attrs, "trace_source": source},
         )
         for e in events
     ]
+
+
+def _release(session: _Session) -> list[Event]:
+    """The held events of the open transaction, attributed as well as is known now."""
+    if session.txn_trace is not None:
+        out = _attribute(session.held, session.txn_trace)
+    else:
+        out = _attribute(session.held, session.txn_inflight, "inflight")
+    session.held.clear()
+    return out
 
 
 def _event(

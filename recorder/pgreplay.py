@@ -49,7 +49,8 @@ SESSION_KINDS = frozenset(
 )
 _CATALOG = re.compile(
     r"\b(pg_catalog|pg_type|pg_namespace|pg_attribute|pg_class|pg_range|"
-    r"information_schema|current_setting|version\(\)|pg_backend_pid)\b"
+    r"information_schema|current_setting|set_config|current_schema|current_database|"
+    r"version\(\)|pg_backend_pid|pg_advisory_unlock_all)\b"
 )
 
 
@@ -126,6 +127,7 @@ class ReplayIndex:
     def __init__(self) -> None:
         self.recorded: list[Recorded] = []
         self._by_trace: dict[str | None, list[Recorded]] = {}
+        self._by_fingerprint: dict[str, list[Recorded]] = {}
         self._session: dict[str, list[Recorded]] = {}
         self._connections: dict[str | None, _Connection] = {}
         self.parameter_status: dict[str, str] = {}
@@ -214,20 +216,14 @@ class ReplayIndex:
     def _add(self, recorded: Recorded) -> None:
         self.recorded.append(recorded)
         self._by_trace.setdefault(recorded.trace_id, []).append(recorded)
+        self._by_fingerprint.setdefault(recorded.fingerprint, []).append(recorded)
         if is_session_level(recorded.normalized):
             self._session.setdefault(recorded.fingerprint, []).append(recorded)
 
     def describe_statement(self, sql: str) -> tuple[bytes, ...] | None:
         """A recorded answer to Describe of a statement with this fingerprint, if any."""
-        fp = fingerprint(sql)
-        return next(
-            (
-                r.describe_statement
-                for r in self.recorded
-                if r.fingerprint == fp and r.describe_statement
-            ),
-            None,
-        )
+        found = self._by_fingerprint.get(fingerprint(sql), ())
+        return next((r.describe_statement for r in found if r.describe_statement), None)
 
     def match(
         self,
@@ -240,16 +236,13 @@ class ReplayIndex:
     ) -> Hit | Miss:
         fp = fingerprint(sql)
         # The trace first; then what could not be attributed when it was recorded (a
-        # prepared statement executed outside the transaction it was prepared in).
-        pools = [self._by_trace.get(trace, [])]
-        if trace is not None:
-            pools.append(self._by_trace.get(None, []))
-        same = [
-            r
-            for pool in pools
-            for r in pool
-            if r.fingerprint == fp and r.simple == simple and not r.consumed
+        # prepared statement executed outside the transaction it was prepared in). A
+        # statement of no known trace may take any recording, the unattributed first.
+        unused = [
+            r for r in self._by_fingerprint.get(fp, ()) if r.simple == simple and not r.consumed
         ]
+        same = [r for r in unused if r.trace_id == trace]
+        same += [r for r in unused if (r.trace_id is None) != (trace is None)]
         for recorded in same:
             if tuple(recorded.params) == tuple(params):
                 recorded.consumed = True
@@ -263,6 +256,28 @@ class ReplayIndex:
             if recorded.simple == simple and tuple(recorded.params) == tuple(params):
                 return Hit(recorded=recorded)
         return self._miss(trace, sql, fp, params)
+
+    def undescribed(self, trace: str | None, sql: str) -> Miss:
+        """The miss for a statement no recording can describe (a Describe of it, before
+        any execution), naming the closest recorded statement."""
+        pool = self._by_trace.get(trace) or self.recorded
+        new = normalize(sql)
+        closest = max(
+            pool,
+            key=lambda r: difflib.SequenceMatcher(None, r.normalized, new).quick_ratio(),
+            default=None,
+        )
+        what = (
+            f"the closest recorded statement is {closest.normalized!r}"
+            if closest
+            else "nothing was recorded for this trace"
+        )
+        scope = f"trace {trace}" if trace else "unattributed recordings"
+        return Miss(
+            sqlstate="R9001",
+            message=f"flux replay: no recorded description of {new!r} in {scope}; {what}",
+            closest=closest,
+        )
 
     def _miss(self, trace: str | None, sql: str, fp: str, params: Sequence[bytes | None]) -> Miss:
         pool = self._by_trace.get(trace) or self.recorded

@@ -12,29 +12,48 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import psycopg
 import pytest
 
 from tests.fix_pg import PgServer
+from tests.fix_sentinel import Sentinel
 from tests.fix_sidecar import SidecarProcess, start_sidecar
-from tests.integration.test_pg_modes import Sentinel
 
 TRACE = "5a1e0000000000000000000000000001"
 COMMENT = f"/*traceparent='00-{TRACE}-00f067aa0ba902b7-01'*/"
+TOKEN = "tok-replay-report-51c0e9a2d7"
+VOLATILE = (
+    "SELECT count(*) FROM accounts WHERE {ts}::timestamptz < now() + interval '1 day' "
+    f"AND {{id}}::uuid IS NOT NULL {COMMENT}"
+)
+
+
+def replay_report(sidecar: SidecarProcess) -> dict[str, Any]:
+    """The current run's report, from the admin API (what `flux replay` reads)."""
+    response = httpx.get(
+        f"{sidecar.admin_url}/replay", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    report: dict[str, Any] = response.json()
+    return report
 
 
 @pytest.fixture
 def recorded(
     pg_db: PgServer, tmp_path: Path
-) -> Iterator[Callable[[Callable[[str], Any]], tuple[Any, Any, SidecarProcess, Sentinel]]]:
-    """Runs a workload through a recording sidecar, then again through a replaying one."""
+) -> Iterator[Callable[..., tuple[Any, Any, SidecarProcess, Sentinel]]]:
+    """Runs a workload through a recording sidecar, then again through a replaying one
+    (started with the extra arguments given)."""
     started: list[SidecarProcess] = []
     sentinels: list[Sentinel] = []
     with psycopg.connect(pg_db.dsn(), autocommit=True) as conn:
         conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric)")
         conn.execute("INSERT INTO accounts VALUES (1, 'ada', 100.50), (2, 'grace', 7)")
 
-    def run(workload: Callable[[str], Any]) -> tuple[Any, Any, SidecarProcess, Sentinel]:
+    def run(
+        workload: Callable[[str], Any], *args: str
+    ) -> tuple[Any, Any, SidecarProcess, Sentinel]:
         data_dir = tmp_path / "flux"
         recorder = start_sidecar(data_dir, pg_db)
         started.append(recorder)
@@ -42,7 +61,7 @@ def recorded(
         recorder.stop()
         sentinel = Sentinel()
         sentinels.append(sentinel)
-        replayer = start_sidecar(data_dir, replace(pg_db, port=sentinel.port), mode="replay")
+        replayer = start_sidecar(data_dir, replace(pg_db, port=sentinel.port), *args, mode="replay")
         started.append(replayer)
         second = workload(replayer.dsn())
         return first, second, replayer, sentinel
@@ -143,16 +162,99 @@ def test_changed_query_is_a_miss_naming_the_recorded_statement(recorded: Any) ->
     assert "no recorded answer" in replayer.stderr()
 
 
+def test_changed_prepared_statement_is_a_miss_naming_the_recorded_one(recorded: Any) -> None:
+    """asyncpg prepares first (Parse, Describe): the miss comes at the Describe."""
+    calls = {"n": 0}
+
+    async def work(dsn: str) -> Any:
+        calls["n"] += 1
+        conn = await asyncpg.connect(dsn)
+        try:
+            if calls["n"] == 1:
+                return await conn.fetchval(f"SELECT owner FROM accounts WHERE id = $1 {COMMENT}", 1)
+            try:
+                await conn.fetchrow(
+                    f"SELECT owner, balance FROM accounts WHERE id = $1 {COMMENT}", 1
+                )
+            except asyncpg.PostgresError as exc:
+                return exc
+            return None
+        finally:
+            await conn.close()
+
+    first, error, replayer, sentinel = recorded(
+        lambda dsn: asyncio.run(work(dsn)), "--admin-token", TOKEN
+    )
+    assert first == "ada"
+    assert isinstance(error, asyncpg.PostgresError) and error.sqlstate == "R9001"
+    assert "select owner from accounts where id = $1" in str(error)
+    (miss,) = replay_report(replayer)["misses"]
+    assert miss["closest"] == "select owner from accounts where id = $1"
+    assert miss["trace"] == TRACE
+    assert sentinel.connections == 0
+
+
+def test_changed_simple_query_is_a_miss_naming_the_recorded_one(
+    recorded: Any, pg_db: PgServer
+) -> None:
+    calls = {"n": 0}
+
+    def work(dsn: str) -> str:
+        calls["n"] += 1
+        columns = "owner" if calls["n"] == 1 else "owner, balance"
+        result = subprocess.run(
+            [str(pg_db.psql_bin), "-X", "-A", "-t", "-d", dsn, "-c",
+             f"SELECT {columns} FROM accounts WHERE id = 2 {COMMENT}"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        return result.stdout + result.stderr
+
+    first, second, _, sentinel = recorded(work)
+    assert first == "grace\n"
+    assert "flux replay: no recorded answer for 'select owner, balance from accounts" in second
+    assert "the closest recorded statement is 'select owner from accounts where id = ?'" in second
+    assert sentinel.connections == 0
+
+
 def test_volatile_parameters_still_match(recorded: Any) -> None:
     def work(dsn: str) -> Any:
         with psycopg.connect(dsn, autocommit=True) as conn:
             # Each run sends a different timestamp and a fresh UUID.
             return conn.execute(
-                f"SELECT count(*) FROM accounts WHERE %s::timestamptz < now() + interval '1 day' "
-                f"AND %s::uuid IS NOT NULL {COMMENT}",
+                VOLATILE.format(ts="%s", id="%s"),
                 (datetime.datetime.now(datetime.UTC), uuid.uuid4()),
             ).fetchone()
 
-    first, second, _, sentinel = recorded(work)
+    first, second, replayer, sentinel = recorded(work, "--admin-token", TOKEN)
     assert second == first == (2,)
+    report = replay_report(replayer)
+    assert report["misses"] == []
+    (entry,) = report["volatile"]
+    assert entry["trace"] == TRACE and "$1::timestamptz" in entry["request"]
+    # Both values differed, and the report says which and how.
+    assert [where for where, _, _ in entry["differences"]] == [0, 1]
+    for _, before, now in entry["differences"]:
+        assert before != now
+    assert uuid.UUID(entry["differences"][1][1]) != uuid.UUID(entry["differences"][1][2])
+    assert sentinel.connections == 0
+
+
+def test_volatile_binary_parameters_still_match(recorded: Any) -> None:
+    """asyncpg sends its parameters in binary: the recorded types tell they are volatile."""
+
+    async def work(dsn: str) -> Any:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetchval(
+                VOLATILE.format(ts="$1", id="$2"), datetime.datetime.now(datetime.UTC), uuid.uuid4()
+            )
+        finally:
+            await conn.close()
+
+    first, second, replayer, sentinel = recorded(
+        lambda dsn: asyncio.run(work(dsn)), "--admin-token", TOKEN
+    )
+    assert second == first == 2
+    (entry,) = replay_report(replayer)["volatile"]
+    assert [where for where, _, _ in entry["differences"]] == [0, 1]
     assert sentinel.connections == 0
