@@ -1,7 +1,7 @@
 """Pytest plugin: a real HTTPS origin with its own test CA, for the HTTP proxy tests.
 
 ``test_pki`` (session)
-    A CA made with ``cryptography`` and a server certificate it signed for
+    A CA made with :mod:`tests.fix_tls` and a server certificate it signed for
     ``127.0.0.1``/``localhost``; ``ca_path`` is what ``--upstream-ca`` gets.
 ``origin`` (session)
     Hypercorn serving :func:`origin_app` on 127.0.0.1 over HTTPS (HTTP/2 and
@@ -14,14 +14,14 @@ Routes: ``/hello`` (JSON: method, path, query, HTTP version, the traceparent
 received), ``/echo`` (the request body back), ``/bytes?n=N`` (N bytes in 64 KiB
 chunks, no length declared), ``/gated`` (one chunk, then waits until the test
 sets ``origin.gate``, then a last chunk: a proxy that buffered would deadlock),
-``/status/NNN``, and the websocket ``/ws`` (echoes each message).
+``/next`` (a different answer each time: the number of requests seen, in the JSON
+body and in a ``set-cookie``), ``/status/NNN``, and the websocket ``/ws`` (echoes
+each message).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import os
 import secrets
@@ -35,14 +35,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from recorder.model import Event
 from recorder.store import StoreError, open_store
 from tests.fix_sidecar import SidecarProcess
+from tests.fix_tls import make_ca, make_leaf
 
 HOST = "127.0.0.1"
 CHUNK = 64 << 10
@@ -59,76 +56,17 @@ class Pki:
     key_path: Path
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
 def make_pki(directory: Path, label: str) -> Pki:
     """A CA and a server certificate for 127.0.0.1 and localhost, as PEM files."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name(f"{label} CA"))
-        .issuer_name(_name(f"{label} CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = make_ca(f"{label} CA")
     pki = Pki(
         ca_path=directory / "ca.pem",
         cert_path=directory / "server.pem",
         key_path=directory / "server.key",
     )
-    pki.ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    pki.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pki.key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    ca.write(pki.ca_path)
+    make_leaf(ca, ["localhost"], [HOST]).write(pki.cert_path, pki.key_path)
     return pki
 
 
@@ -187,7 +125,8 @@ class Origin:
         started.wait(10)
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
+        """Stops serving and releases both ports; a second call does nothing."""
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(10)
@@ -264,6 +203,15 @@ class Origin:
             released = await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 20)
             last = b"released\n" if released else b"timed out\n"
             await send({"type": "http.response.body", "body": last})
+        elif path == "/next":
+            data = json.dumps({"n": len(self.seen)}).encode()
+            fields = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                (b"set-cookie", f"seen={len(self.seen)}; Path=/".encode()),
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": fields})
+            await send({"type": "http.response.body", "body": data})
         elif path.startswith("/status/"):
             status = int(path.rsplit("/", 1)[1])
             await start(status, 0)

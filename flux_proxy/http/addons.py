@@ -17,6 +17,12 @@ header; the single inbound request in flight (:mod:`flux_proxy.inflight`);
 else none (kept, unattributed). An inbound request gets a span of its own:
 the app receives a ``traceparent`` naming that span as parent, so whatever
 the app propagates nests under the request.
+
+In replay mode nothing is recorded. The inbound proxy still forwards to the app
+(the code under test, not an upstream), continuing the caller's trace and
+registering the request in flight, so the app's calls are answered from that
+trace's recordings by the replay addon (:mod:`.replay`); any other server
+connection is refused here, as a last line of defence.
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from mitmproxy import connection, http
-from mitmproxy.net.http import url
 from mitmproxy.proxy import layer, server_hooks
 from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.proxy.layers.modes import ReverseProxy
@@ -49,6 +54,14 @@ from recorder.model import Event, new_span_id, new_trace_id
 
 from .. import inflight
 from ..state import SidecarState
+from .flowparts import (
+    as_client_sent,
+    bodies,
+    framing,
+    outbound_attribution,
+    streams,
+    weak_attribution,
+)
 from .hosts import HostMatcher, format_address
 from .layers import InboundProxy, TunnelLayer
 
@@ -57,10 +70,8 @@ log = logging.getLogger("flux.http")
 TRACE_HEADER: Final = "x-flux-trace-id"
 _KEY: Final = "flux"  # our entry in flow.metadata
 _KNOWN_FLAGS: Final = FLAG_SAMPLED | FLAG_RANDOM
-REPLAY_REFUSAL: Final = (
-    "flux is in replay mode: it does not contact upstreams, and HTTP calls "
-    "have no recordings to answer from yet"
-)
+_REPLAYED: Final = "flux.replayed"  # an inbound request forwarded in replay mode
+REPLAY_REFUSAL: Final = "flux is in replay mode: it never connects to an upstream"
 UNTRUSTED_CA: Final = (
     "if the client rejected the flux CA certificate, make it trust `flux ca export` "
     "(SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS) or list the host in --no-intercept"
@@ -81,53 +92,6 @@ class _Call:
     ws_kept: int = 0
 
 
-def _framing(fields: tuple[tuple[bytes, bytes], ...]) -> tuple[bytes | None, bool, bytes | None]:
-    """Content-Length, whether Transfer-Encoding is present, and traceparent, in one pass
-    over the raw fields: each ``Headers.get`` would lowercase and scan them all again."""
-    length = traceparent = None
-    encoded = False
-    for name, value in fields:
-        lowered = name.lower()
-        if lowered == b"content-length":
-            length = value
-        elif lowered == b"transfer-encoding":
-            encoded = True
-        elif lowered == b"traceparent":
-            traceparent = value
-    return length, encoded, traceparent
-
-
-def _streams(length: bytes | None, encoded: bool, cap: int, http2: bool) -> bool:
-    """True when a body must be streamed: it may be larger than the cap, or its length
-    is not declared. An HTTP/1 request with neither length nor chunking has no body."""
-    if length is not None:
-        return not length.isdigit() or int(length) > cap
-    return http2 or encoded
-
-
-def _weak_attribution() -> Attribution:
-    """For what carries no headers of its own (tunnels, failed CONNECTs)."""
-    if (single := inflight.single_trace()) is not None:
-        return Attribution(
-            trace_id=single.trace_id,
-            span_id=new_span_id(),
-            parent_span_id=single.parent_id,
-            source="inflight",
-        )
-    return Attribution(trace_id=None, span_id=new_span_id(), parent_span_id=None, source="")
-
-
-def _outbound_attribution(value: bytes | None) -> Attribution:
-    if value is not None and (tp := parse_traceparent(value.decode("latin-1"))) is not None:
-        return Attribution(
-            trace_id=tp.trace_id,
-            span_id=new_span_id(),
-            parent_span_id=tp.parent_id,
-            source="header",
-        )
-    return _weak_attribution()
-
-
 class Recorder:
     """mitmproxy addon: one ``http.inbound`` or ``http.outbound`` event per exchange."""
 
@@ -146,7 +110,7 @@ class Recorder:
         self.submit = submit
         self.body_cap = body_cap
         self.no_intercept = no_intercept
-        self.active = 0  # exchanges between their request headers and their event
+        self.active = 0  # exchanges between their request headers and their end
         self._opened: set[str] = set()  # server connections whose set-up time was reported
         # mitmproxy's live connection handlers by client id (its proxyserver addon's).
         self.connections: dict[Any, Any] | None = None
@@ -170,7 +134,7 @@ class Recorder:
 
     def _tunnel_done(self, tunnel_layer: TunnelLayer, tunnel: Tunnel) -> None:
         if self.state.mode == "record":
-            self.submit(tunnel_event(tunnel, _weak_attribution(), tunnel_layer.context.client.id))
+            self.submit(tunnel_event(tunnel, weak_attribution(), tunnel_layer.context.client.id))
 
     def client_connected(self, client: connection.Client) -> None:
         # The top layer is made before any hook runs; swap the reverse proxy's for ours
@@ -184,6 +148,8 @@ class Recorder:
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         # Replay never reaches an upstream; the app behind the inbound proxy is not one.
         if self.state.mode == "replay" and not isinstance(data.client.proxy_mode, ReverseMode):
+            # The last line of defence: the replay addon answers before anything connects.
+            self.state.counters["http.replay_connects_refused"] += 1
             data.server.error = REPLAY_REFUSAL
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
@@ -193,21 +159,34 @@ class Recorder:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if self.state.mode != "record":
+            if self.state.mode == "replay" and isinstance(flow.client_conn.proxy_mode, ReverseMode):
+                self._begin_replayed(flow)
             return
         request = flow.request
-        length, encoded, traceparent = _framing(request.headers.fields)
+        length, encoded, traceparent = framing(request.headers.fields)
         inbound = isinstance(flow.client_conn.proxy_mode, ReverseMode)
         where = (
-            self._begin_inbound(flow, traceparent)
-            if inbound
-            else _outbound_attribution(traceparent)
+            self._begin_inbound(flow, traceparent) if inbound else outbound_attribution(traceparent)
         )
         call = _Call(where, inbound)
-        if _streams(length, encoded, self.body_cap, request.is_http2):
+        if streams(length, encoded, self.body_cap, request.is_http2):
             call.request_body = BodyCapture(self.body_cap)
             request.stream = call.request_body
         flow.metadata[_KEY] = call
         self.active += 1
+
+    def _begin_replayed(self, flow: http.HTTPFlow) -> None:
+        """An inbound request in replay mode reaches the app (the code under test) with
+        its trace continued and in flight, so the app's calls and queries that carry no
+        trace are answered from that trace's recordings; nothing is recorded."""
+        _, _, traceparent = framing(flow.request.headers.fields)
+        flow.metadata[_REPLAYED] = self._begin_inbound(flow, traceparent).trace_id
+        self.active += 1
+
+    def _end_replayed(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.pop(_REPLAYED, None) is not None:
+            inflight.end(flow.id)
+            self.active -= 1
 
     def _begin_inbound(self, flow: http.HTTPFlow, value: bytes | None) -> Attribution:
         headers = flow.request.headers
@@ -227,23 +206,27 @@ class Recorder:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call: _Call | None = flow.metadata.get(_KEY)
         if call is None:
+            if (replayed := flow.metadata.get(_REPLAYED)) is not None and flow.response:
+                flow.response.headers[TRACE_HEADER] = replayed
             return
         response = flow.response
         assert response is not None
         if call.inbound and call.where.trace_id is not None:
             response.headers[TRACE_HEADER] = call.where.trace_id
-        length, encoded, _ = _framing(response.headers.fields)
-        if _streams(length, encoded, self.body_cap, True):
+        length, encoded, _ = framing(response.headers.fields)
+        if streams(length, encoded, self.body_cap, True):
             call.response_body = BodyCapture(self.body_cap)
             response.stream = call.response_body
 
     def response(self, flow: http.HTTPFlow) -> None:
+        self._end_replayed(flow)
         call: _Call | None = flow.metadata.get(_KEY)
         if call is None or flow.websocket is not None:  # a websocket ends in websocket_end
             return
         self._finish(flow, call, None)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._end_replayed(flow)
         call: _Call | None = flow.metadata.get(_KEY)
         if call is not None:
             self._finish(flow, call, flow.error.msg if flow.error else "unknown error")
@@ -251,6 +234,8 @@ class Recorder:
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         # mitmproxy's 502 advises changing its connection_strategy, which means nothing to
         # our users; say what failed instead, and record the attempt.
+        if self.state.mode == "replay":
+            return  # the replay addon answered the CONNECT itself, and connected nowhere
         server = flow.server_conn
         reason = server.error or (flow.error.msg if flow.error else "connection failed")
         target = f"{flow.request.host}:{flow.request.port}"
@@ -258,7 +243,7 @@ class Recorder:
             502, f"flux: cannot connect to {target}: {reason}\n", {"content-type": "text/plain"}
         )
         if self.state.mode == "record":
-            self._finish(flow, _Call(_weak_attribution(), False), reason, count=False)
+            self._finish(flow, _Call(weak_attribution(), False), reason, count=False)
 
     # -- websockets ------------------------------------------------------------------
 
@@ -303,7 +288,7 @@ class Recorder:
             client=format_address(client.peername),
             server=format_address(server.peername),
         )
-        self.submit(exchange_event(attempt, _weak_attribution(), client.id))
+        self.submit(exchange_event(attempt, weak_attribution(), client.id))
 
     # -- the event -------------------------------------------------------------------
 
@@ -334,8 +319,8 @@ class Recorder:
             server=format_address(server.peername),
         )
         if call.inbound:
-            _as_client_sent(exchange, flow)
-        _bodies(exchange, call, request, response, self.body_cap)
+            as_client_sent(exchange, flow)
+        bodies(exchange, (call.request_body, call.response_body), request, response, self.body_cap)
         if server.timestamp_tcp_setup is not None:
             if server.id in self._opened:
                 exchange.reused = True
@@ -361,39 +346,3 @@ class Recorder:
             exchange.websocket_close = None if close is None else int(close)  # an IntEnum
             exchange.end = flow.websocket.timestamp_end or exchange.end
         self.submit(exchange_event(exchange, call.where, flow.client_conn.id, self.secret_headers))
-
-
-def _as_client_sent(exchange: HttpExchange, flow: http.HTTPFlow) -> None:
-    """An inbound request names the sidecar's listener, as its client addressed it, not the
-    app it was forwarded to (that one is in ``server``)."""
-    client = flow.client_conn
-    exchange.scheme = "https" if client.tls else "http"
-    listener_port = int(client.sockname[1]) if client.sockname else exchange.port
-    try:
-        host, port = url.parse_authority(flow.request.host_header or "", check=False)
-    except ValueError:
-        host, port = "", None
-    exchange.host = host or (str(client.sockname[0]) if client.sockname else "")
-    exchange.port = port or listener_port
-
-
-def _bodies(
-    exchange: HttpExchange,
-    call: _Call,
-    request: http.Request,
-    response: http.Response | None,
-    cap: int,
-) -> None:
-    if call.request_body is not None:
-        exchange.request_body = call.request_body.body
-        exchange.request_body_size = call.request_body.size
-    else:
-        raw = request.raw_content or b""
-        exchange.request_body, exchange.request_body_size = raw[:cap], len(raw)
-    if call.response_body is not None:
-        exchange.response_body = call.response_body.body
-        exchange.response_body_size = call.response_body.size
-        exchange.streamed = True
-    elif response is not None:
-        raw = response.raw_content or b""
-        exchange.response_body, exchange.response_body_size = raw[:cap], len(raw)

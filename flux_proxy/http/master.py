@@ -23,12 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from recorder.abc import PayloadSealer
 from recorder.model import Event
 
 from ..state import SidecarState
 from .addons import Recorder
 from .ca import CaError, ensure_ca, upstream_trust
 from .hosts import HostMatcher
+from .replay import HttpReplay
 
 log = logging.getLogger("flux.http")
 
@@ -113,6 +115,8 @@ class HttpProxy:
         no_intercept: list[str] | None = None,
         body_cap: int = 1 << 20,
         sensitive_headers: list[str] | None = None,
+        store_location: str | None = None,
+        reader: PayloadSealer | None = None,
     ) -> None:
         self.state = state
         self.data_dir = data_dir
@@ -126,6 +130,13 @@ class HttpProxy:
             body_cap=body_cap,
             no_intercept=HostMatcher(no_intercept or []),
             sensitive_headers=sensitive_headers or (),
+        )
+        # Replay answers from the store the recorder writes (the data dir's by default).
+        self.replay = HttpReplay(
+            state=state,
+            store_location=store_location or str(data_dir),
+            sealer=reader,
+            no_intercept=HostMatcher(no_intercept or []),
         )
         self._master: Any = None
 
@@ -167,6 +178,9 @@ class HttpProxy:
             next_layer.NextLayer(),
             tlsconfig.TlsConfig(),
             disable_h2c.DisableH2C(),
+            # Last: its tls_clienthello overrides TlsConfig's, and in replay mode it answers
+            # requests before mitmproxy would connect anywhere (see replay.py).
+            self.replay,
         )
         try:
             opts.update(

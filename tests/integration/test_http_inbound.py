@@ -4,9 +4,7 @@ the sidecar) and calls an HTTPS origin (through the sidecar's forward proxy)."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg
@@ -14,34 +12,21 @@ import pytest
 import requests
 
 from protocols.traceparent import parse_traceparent
-from tests.fix_http import Origin, Pki, export_ca, recorded, traceparent
+from tests.fix_app import AppHandler, AppServer, send, serve, start_recording
+from tests.fix_http import Origin, Pki, recorded, traceparent
 from tests.fix_pg import PgServer
-from tests.fix_sidecar import SidecarProcess, start_sidecar
+from tests.fix_sidecar import SidecarProcess
 
 pytestmark = pytest.mark.pg
 
 
-class App(ThreadingHTTPServer):
+class Handler(AppHandler):
     """``/orders/<n>``: a query and an HTTPS call, both carrying the traceparent the app got
     (as an instrumented app does); ``/plain``: an HTTPS call carrying nothing."""
 
-    daemon_threads = True
-    dsn = ""
-    proxy = ""
-    ca = ""
-    origin = ""
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: App
-
     def do_GET(self) -> None:
-        app = self.server
-        tp = self.headers.get("traceparent", "")
-        session = requests.Session()
-        session.trust_env = False
-        session.proxies = {"https": app.proxy}
-        session.verify = app.ca
+        app, tp = self.server, self.traceparent
+        session = app.session()
         body: dict[str, Any] = {"traceparent": tp}
         if self.path.startswith("/orders/"):
             order = int(self.path.rsplit("/", 1)[1])
@@ -55,25 +40,13 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/plain":
             body["remote"] = session.get(f"{app.origin}/hello").json()
         session.close()
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        self.reply(200, body)
 
 
 @pytest.fixture(scope="module")
-def app() -> Iterator[App]:
-    server = App(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def app() -> Iterator[AppServer]:
+    with serve(AppServer(Handler)) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -81,26 +54,17 @@ def sidecar(
     tmp_path_factory: pytest.TempPathFactory,
     pg15: PgServer,
     test_pki: Pki,
-    app: App,
+    app: AppServer,
     origin: Origin,
 ) -> Iterator[SidecarProcess]:
-    process = start_sidecar(
-        tmp_path_factory.mktemp("http-inbound") / "flux",
-        pg15,
-        "--upstream-ca", str(test_pki.ca_path),
-        expect=("pg", "http", "inbound"),
-        app_url=f"http://127.0.0.1:{app.server_address[1]}",
-    )  # fmt: skip
-    app.dsn = process.dsn()
-    app.proxy = process.url("http")
-    app.ca = str(export_ca(process))
-    app.origin = origin.url("")
+    data_dir = tmp_path_factory.mktemp("http-inbound") / "flux"
+    process = start_recording(app, data_dir, pg15, test_pki, origin)
     yield process
     process.stop()
 
 
 def call(sidecar: SidecarProcess, path: str, **headers: str) -> requests.Response:
-    response = requests.get(sidecar.url("inbound") + path, headers=headers, timeout=60)
+    response = send(sidecar, "GET", path, headers=headers)
     assert response.status_code == 200, response.text
     return response
 
