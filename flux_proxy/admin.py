@@ -5,10 +5,16 @@
     GET  /metrics   Prometheus text format                              (no token)
     GET  /mode      {"mode": ..., "epoch": ...}                         (no token)
     POST /mode      {"mode": "replay"} with ``Authorization: Bearer T``
+    GET  /info      mode, listeners (the inbound one included), app URL,
+                    the replay run's scope and generation             (no token)
+    POST /replay    {"trace": "<32 hex>" | null}: a new replay run scoped to that
+                    trace (switching to replay if needed)             (token)
+    GET  /replay    the current run's report: hits, misses, volatile differences (token)
 
-Reads need no token because probes and scrapers carry none and nothing they
-show is secret. Every change needs the token; with no token configured the API
-refuses every change rather than accepting anonymous ones.
+Probes and scrapers carry no token, and what they read is not secret, so those
+reads need none. Every change needs the token, and so does the replay report:
+a miss quotes the statement or call that missed, values included. With no
+token configured the API refuses all of these rather than serve them anonymously.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .httpserve import HttpServer, Request, Response
 from .state import MODES, SidecarState
@@ -27,6 +34,11 @@ from .state import MODES, SidecarState
 log = logging.getLogger("flux.admin")
 
 _METRIC_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _no_listeners() -> Mapping[str, tuple[str, int]]:
+    return {}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,6 +49,9 @@ class AdminSources:
     problems: Callable[[], list[str]]  # why the sidecar is not ready; empty when it is
     recorder_stats: Callable[[], Mapping[str, int]]
     open_connections: Callable[[], Mapping[str, int]]
+    # The addresses each listener bound, by name ("pg", "http", "inbound", "admin").
+    listeners: Callable[[], Mapping[str, tuple[str, int]]] = field(default=_no_listeners)
+    app_url: str | None = None
 
 
 def token_matches(presented: str | None, expected: str) -> bool:
@@ -129,12 +144,19 @@ class AdminApi:
                 return Response.json(200, {"mode": state.mode, "epoch": state.mode_epoch})
             case ("POST" | "PUT", "/mode"):
                 return self.set_mode(request)
-            case (_, "/healthz" | "/readyz" | "/metrics" | "/mode"):
+            case ("GET", "/info"):
+                return Response.json(200, self.info())
+            case ("POST", "/replay"):
+                return self.begin_replay(request)
+            case ("GET", "/replay"):
+                return self.replay_report(request)
+            case (_, "/healthz" | "/readyz" | "/metrics" | "/mode" | "/info" | "/replay"):
                 return Response.json(405, {"error": f"{request.method} not allowed here"})
             case _:
                 return Response.json(404, {"error": f"no such endpoint: {request.path}"})
 
-    def set_mode(self, request: Request) -> Response:
+    def refusal(self, request: Request) -> Response | None:
+        """Why ``request`` may not proceed, or None when it carries the token."""
         if self.token is None:
             return Response.json(
                 403,
@@ -148,6 +170,11 @@ class AdminApi:
                 {"error": "missing or wrong bearer token"},
                 headers=[("www-authenticate", 'Bearer realm="flux"')],
             )
+        return None
+
+    def set_mode(self, request: Request) -> Response:
+        if (refused := self.refusal(request)) is not None:
+            return refused
         try:
             body = json.loads(request.body or b"null")
         except (ValueError, UnicodeDecodeError):
@@ -169,3 +196,84 @@ class AdminApi:
                 "epoch": state.mode_epoch,
             },
         )
+
+    def info(self) -> dict[str, Any]:
+        state = self.sources.state
+        return {
+            "mode": state.mode,
+            "epoch": state.mode_epoch,
+            "listeners": {
+                name: format_address(address)
+                for name, address in sorted(self.sources.listeners().items())
+            },
+            "app_url": self.sources.app_url,
+            "replay": {"scope": state.replay_scope, "generation": state.replay_generation},
+        }
+
+    def begin_replay(self, request: Request) -> Response:
+        """A new replay run scoped to one trace (or to every recording with null)."""
+        if (refused := self.refusal(request)) is not None:
+            return refused
+        try:
+            body = json.loads(request.body or b"null")
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict) or "trace" not in body:
+            return Response.json(400, {"error": 'expected a JSON body like {"trace": "<32 hex>"}'})
+        trace = body["trace"]
+        if trace is not None:
+            trace = str(trace).strip().lower()
+            if not _TRACE_ID.fullmatch(trace) or not trace.strip("0"):
+                return Response.json(
+                    400,
+                    {"error": f"not a trace id (32 hex digits, not all zero): {body['trace']!r}"},
+                )
+        state = self.sources.state
+        previous = state.mode
+        # Set first: entering replay starts a run with the scope it finds.
+        state.replay_scope = trace
+        if previous == "replay":
+            state.begin_replay(trace)
+        else:
+            state.set_mode("replay", source="admin, replay run")
+        return Response.json(
+            200,
+            {
+                "mode": state.mode,
+                "previous": previous,
+                "epoch": state.mode_epoch,
+                "scope": state.replay_scope,
+                "generation": state.replay_generation,
+            },
+        )
+
+    def replay_report(self, request: Request) -> Response:
+        if (refused := self.refusal(request)) is not None:
+            return refused
+        state = self.sources.state
+        return Response.json(
+            200,
+            {
+                "mode": state.mode,
+                "generation": state.replay_generation,
+                **_jsonable(state.report.as_dict()),
+            },
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    """Report entries quote values as the replaying parts saw them, bytes included."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def format_address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
