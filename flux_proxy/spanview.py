@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from protocols import pgwire
-from recorder.httpcapture import join_headers
 from recorder.model import HTTP_INBOUND, HTTP_OUTBOUND, MUTATION, PG_QUERY, StoredEvent
 from recorder.pgdecode import iter_messages
 from recorder.pgtypes import display_binary
@@ -78,7 +77,11 @@ def _value(value: Any) -> str:
         return "\\x" + value.hex()
     if isinstance(value, str):
         return value
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return json.dumps(value, ensure_ascii=False, default=_nested)
+
+
+def _nested(value: Any) -> str:
+    return f"<{len(value)} bytes>" if isinstance(value, bytes) else str(value)
 
 
 def _body(data: Any, size: Any, truncated: Any) -> str:
@@ -120,11 +123,12 @@ class SpanIndex:
     def details(self, span: StoredEvent) -> SpanDetails:
         e = span.event
         header = Section("span", [
-            f"kind {e.kind}   #{span.seq}   span {e.span_id}   parent {e.parent_span_id or '-'}",
-            f"+{_ms(e.start_ns - self.start_ns)}   duration {_ms(e.duration_ns)}"
-            + (f"   connection {e.conn_id}" if e.conn_id else "")
-            + ("   ✗ error" if e.error else ""),
+            f"{e.kind} #{span.seq}   +{_ms(e.start_ns - self.start_ns)}   "
+            f"duration {_ms(e.duration_ns)}" + ("   ✗ error" if e.error else ""),
+            f"span {e.span_id}   parent {e.parent_span_id or '-'}",
         ])  # fmt: skip
+        if e.conn_id:
+            header.lines.append(f"connection {e.conn_id}")
         if e.kind == PG_QUERY:
             out = _pg_details(span)
         elif e.kind in (HTTP_INBOUND, HTTP_OUTBOUND):
@@ -216,15 +220,14 @@ def _cell(value: bytes | None, described: pgwire.FieldDescription | None) -> str
 
 
 def _headers(attrs: dict[str, Any], payload: dict[str, Any], side: str) -> list[str]:
-    shown = attrs.get(f"{side}_headers") or []
+    """Header fields in order; credential values come from the payload, or read as sealed."""
     closed = sealed(payload)
-    secrets = [] if closed else payload.get(f"{side}_secrets") or []
+    secrets = iter([] if closed else payload.get(f"{side}_secrets") or [])
     lines = []
-    for name, value in join_headers(shown, secrets):
-        hidden = closed is not None and any(n == name and v is None for n, v in shown)
-        text = closed if hidden else value
-        lines.append(f"  {_value(name)}: {_value(text)}")
-    return lines
+    for name, value in attrs.get(f"{side}_headers") or []:
+        shown = value if value is not None else closed or next(secrets, "(not kept)")
+        lines.append(f"  {_value(name)}: {_value(shown)}")
+    return lines or ["  (none)"]
 
 
 def _http_details(span: StoredEvent) -> SpanDetails:
@@ -276,7 +279,7 @@ def _generic_details(span: StoredEvent) -> SpanDetails:
     if closed:
         values.lines.append(closed)
     else:
-        values.lines += [f"{k}: {_value(v) if not isinstance(v, bytes) else f'<{len(v)} bytes>'}"
+        values.lines += [f"{k}: {_nested(v) if isinstance(v, bytes) else _value(v)}"
                          for k, v in payload.items()]  # fmt: skip
     return SpanDetails(span.event.kind, [Section("attributes", lines), values])
 
@@ -303,9 +306,7 @@ def mutation_row(span: StoredEvent) -> list[str]:
         key = ", ".join(f"{c}={v}" for c, v in (payload.get("key") or {}).items())
         before, after = _image(payload.get("before")), _image(payload.get("after"))
         columns = attrs.get("changed") or sorted(set(before or {}) | set(after or {}))
-        change = "; ".join(
-            f"{c}: {_side(before, c)} → {_side(after, c)}" for c in columns
-        )
+        change = "; ".join(f"{c}: {_side(before, c)} → {_side(after, c)}" for c in columns)
     status = str(attrs.get("status", "open"))
     return [str(attrs.get("table", "?")), str(attrs.get("op", "?")), key, status, change]
 
