@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from recorder.model import Event, ExecutionSummary, StoredEvent
+from recorder.model import Event, ExecutionSummary, SealedEvent, StoredEvent
 
 
 @runtime_checkable
@@ -23,6 +23,17 @@ class Store(Protocol):
         (unattributed events share one sequence of their own), and the
         executions index is brought up to date in the same transaction, so a
         reader never sees events without their summary or the reverse.
+        """
+        ...
+
+    def write_sealed(self, events: Sequence[SealedEvent]) -> int:
+        """Append events whose payloads are sealed already (an import), blob and key id
+        byte for byte: no sealer is involved, so it needs no key at all.
+
+        Like ``write_batch`` (new ``seq`` numbers, the executions index, one transaction),
+        except that an event the store holds already (same trace, span, kind, start and
+        payload blob) is skipped, so writing the same events twice adds them once.
+        Returns how many were added; they are counted in ``events.imported``.
         """
         ...
 
@@ -53,9 +64,12 @@ class Store(Protocol):
         trace_id: str | None = None,
         fingerprint: str | None = None,
         limit: int | None = None,
+        after_id: int | None = None,
     ) -> Iterator[StoredEvent]:
         """Stored events in write order, filtered; ``since_ns`` inclusive, ``until_ns`` exclusive,
-        both on ``start_ns``. ``trace_id`` is an exact id (no prefix resolution)."""
+        both on ``start_ns``. ``trace_id`` is an exact id (no prefix resolution).
+        ``after_id``: only events stored after the one with that id (ids grow in write
+        order), so a reader following the store asks for what came after the last it saw."""
         ...
 
     def counters(self) -> dict[str, int]:

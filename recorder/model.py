@@ -73,6 +73,18 @@ class StoredEvent:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SealedEvent:
+    """An event whose payload is already sealed, moved between stores as it is (bundle
+    import): ``blob`` and ``key_id`` exactly as the first store kept them, ``event.payload``
+    unused. The blob still opens because its associated data is made of fields an event
+    keeps verbatim (trace, span, kind, start)."""
+
+    event: Event
+    blob: bytes
+    key_id: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ExecutionSummary:
     """One row of ``flux traces``."""
 

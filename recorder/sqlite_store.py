@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from recorder.abc import PayloadSealer
-from recorder.model import HTTP_INBOUND, Event, ExecutionSummary, StoredEvent
+from recorder.model import HTTP_INBOUND, Event, ExecutionSummary, SealedEvent, StoredEvent
 from recorder.sqlite_schema import SCHEMA, SCHEMA_VERSION
 from recorder.store import (
+    EVENTS_IMPORTED,
     AmbiguousTraceId,
     PlainSealer,
     SchemaVersionError,
@@ -52,6 +53,11 @@ _INSERT_EVENT: Final = (
 )
 # `IS ?` so one statement serves both a trace id and NULL (the unattributed sequence).
 _MAX_SEQ: Final = "SELECT max(seq) FROM events WHERE trace_id IS ?"
+# An imported event already here: its identity is its associated data plus its sealed blob.
+_PRESENT: Final = (
+    "SELECT 1 FROM events WHERE trace_id IS ? AND span_id = ? AND kind = ? AND start_ns = ? "
+    "AND payload = ?"
+)
 # The root candidate with the lower (not-inbound, start) rank wins; see ExecutionDelta.
 _BETTER_ROOT: Final = (
     f"(excluded.root_kind IS NOT '{HTTP_INBOUND}', excluded.root_start_ns) "
@@ -186,14 +192,40 @@ class SQLiteStore:
         sealed = self._sealer.seal_batch(
             [event.payload for event in events], [event_associated(event) for event in events]
         )
+        self._append(events, sealed, increments)
+
+    def write_sealed(self, events: Sequence[SealedEvent]) -> int:
+        if self.readonly:
+            raise StoreError(f"{self.path} is open read-only")
+        if not events:
+            return 0
+        plain = [s.event for s in events]
+        return self._append(plain, [(s.blob, s.key_id) for s in events], [], skip_present=True)
+
+    def _append(
+        self,
+        events: Sequence[Event],
+        sealed: Sequence[tuple[bytes, str | None]],
+        increments: list[tuple[str, int]],
+        *,
+        skip_present: bool = False,
+    ) -> int:
         attrs = [pack(event.attrs) for event in events]
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             next_seq: dict[str | None, int] = {}
             rows = []
+            added: list[Event] = []
+            seen: set[tuple[str | None, str, str, int, bytes]] = set()
             for event, attr_blob, (blob, key_id) in zip(events, attrs, sealed, strict=True):
                 trace = event.trace_id
+                if skip_present:
+                    identity = (trace, event.span_id, event.kind, event.start_ns, blob)
+                    if identity in seen or conn.execute(_PRESENT, identity).fetchone():
+                        continue
+                    seen.add(identity)
+                added.append(event)
                 seq = next_seq.get(trace)
                 if seq is None:
                     seq = conn.execute(_MAX_SEQ, (trace,)).fetchone()[0] or 0
@@ -214,14 +246,17 @@ class SQLiteStore:
                         d.trace_id, d.start_ns, d.end_ns, d.events, d.queries, d.calls,
                         d.errors, d.root_kind, d.root_start_ns, d.method, d.path, d.status,
                     )
-                    for d in summarize(events).values()
+                    for d in summarize(added).values()
                 ],
             )  # fmt: skip
+            if skip_present and rows:
+                increments = [*increments, (EVENTS_IMPORTED, len(rows))]
             conn.executemany(_UPSERT_COUNTER, increments)
             conn.execute("COMMIT")
         finally:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+        return len(rows)
 
     # -- reading -----------------------------------------------------------------
 
@@ -278,6 +313,7 @@ class SQLiteStore:
         trace_id: str | None = None,
         fingerprint: str | None = None,
         limit: int | None = None,
+        after_id: int | None = None,
     ) -> Iterator[StoredEvent]:
         where: list[str] = []
         params: list[Any] = []
@@ -287,6 +323,7 @@ class SQLiteStore:
             ("start_ns < ?", until_ns),
             ("trace_id = ?", trace_id),
             ("fingerprint = ?", fingerprint),
+            ("id > ?", after_id),
         ):
             if value is not None:
                 where.append(clause)

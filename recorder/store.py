@@ -26,6 +26,7 @@ DB_FILENAME: Final = "flux.db"
 EVENTS_RECORDED: Final = "events.recorded"
 EVENTS_DROPPED: Final = "events.dropped"
 EVENTS_FAILED: Final = "events.failed"
+EVENTS_IMPORTED: Final = "events.imported"
 BYTES_STORED: Final = "bytes.stored"
 
 MIN_PREFIX: Final = 6
