@@ -1,6 +1,6 @@
 """``flux webhook serve`` over real TLS, answering AdmissionReview v1 from an HTTPS client.
 
-The certificate is made here with ``cryptography`` for the name the API server
+The certificate is made here (:mod:`tests.fix_tls`) for the name the API server
 dials (``<service>.<namespace>.svc``) and for 127.0.0.1, as the chart's would be.
 """
 
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import datetime
-import ipaddress
 import re
 import ssl
 import subprocess
@@ -26,45 +24,13 @@ import jsonpatch
 import kubernetes_validate
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.fix_sidecar import REPO
+from tests.fix_tls import make_ca, make_leaf
 
 PODS = Path(__file__).resolve().parent.parent / "k8s" / "pods"
 SERVICE_DNS = "flux-proxy-injector.flux-system.svc"
 KEY = "fluxpub_v1_webhook-test"
-
-
-def _cert(
-    subject: str,
-    issuer_key: Any,
-    issuer: x509.Name | None,
-    public_key: Any,
-    *,
-    ca: bool,
-    sans: list[x509.GeneralName],
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer or name)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
 
 
 @dataclass
@@ -76,24 +42,10 @@ class Pki:
 
 def make_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("flux-proxy webhook test CA", ca_key, None, ca_key.public_key(), ca=True, sans=[])
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [
-        x509.DNSName(SERVICE_DNS),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
-    cert = _cert(SERVICE_DNS, ca_key, ca.subject, key.public_key(), ca=False, sans=sans)
+    ca = make_ca("flux-proxy webhook test CA")
     pki = Pki(ca=directory / "ca.crt", cert=directory / "tls.crt", key=directory / "tls.key")
-    pki.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    pki.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pki.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    ca.write(pki.ca)
+    make_leaf(ca, [SERVICE_DNS], ["127.0.0.1"]).write(pki.cert, pki.key)
     return pki
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
-import ipaddress
 import os
 import re
 import shutil
@@ -22,13 +20,10 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.fix_pg import PgServer, PgUnavailable, _chown, _run_as, free_port, start_pg_server
 from tests.fix_sidecar import SidecarProcess, start_sidecar
+from tests.fix_tls import make_ca
 from tests.integration.test_pg_clients import alive, close_shared, shared_sidecar
 
 pytestmark = pytest.mark.timeout(90)
@@ -199,37 +194,10 @@ async def test_client_disconnect_mid_query_releases_the_backend(sidecar: Sidecar
 # ---------------------------------------------------------------------------
 
 
-def _self_signed(directory: Path, common_name: str = "localhost") -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for localhost and 127.0.0.1 that is its own CA (sslrootcert takes it)."""
     cert_path, key_path = directory / "server.crt", directory / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
+    make_ca("localhost", dns=["localhost"], ips=["127.0.0.1"]).write(cert_path, key_path)
     return cert_path, key_path
 
 
