@@ -15,9 +15,28 @@ from collections.abc import Sequence
 
 from recorder.store import StoreError
 
-from . import cmd_admin, cmd_ca, cmd_doctor, cmd_k8s, cmd_keys, cmd_read, cmd_serve, cmd_state
+from . import (
+    cmd_admin,
+    cmd_bisect,
+    cmd_ca,
+    cmd_debug,
+    cmd_doctor,
+    cmd_export,
+    cmd_k8s,
+    cmd_keys,
+    cmd_read,
+    cmd_replay,
+    cmd_serve,
+    cmd_state,
+    cmd_tui,
+)
 
 COMMAND_MODULES = [cmd_serve, cmd_read, cmd_admin, cmd_k8s, cmd_ca, cmd_keys, cmd_doctor, cmd_state]
+COMMAND_MODULES.append(cmd_debug)  # after cmd_read: it adds `trace diff` to `trace`
+COMMAND_MODULES.append(cmd_export)
+COMMAND_MODULES.append(cmd_tui)  # after cmd_read: it adds `trace debug` to `trace`
+COMMAND_MODULES.append(cmd_bisect)
+COMMAND_MODULES.append(cmd_replay)
 
 
 def build_parser() -> argparse.ArgumentParser:

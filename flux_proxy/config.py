@@ -55,6 +55,8 @@ class Settings:
     max_message_length: int = 1 << 30
     shutdown_grace: float = 10.0
     pod_annotations: str | None = None
+    capture_mutations: bool = True
+    otlp_endpoint: str | None = None
 
     @property
     def store_location(self) -> str:
@@ -186,6 +188,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         "separated (FLUX_PUBLIC_KEY; default: a development pair in the data dir)",
     )
     add_private_key_flag(parser)
+    add_capture_flag(parser)
     parser.add_argument(
         "--require-key",
         action="store_true",
@@ -232,6 +235,25 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         help="downward-API file of the pod's annotations; flux.dev/mode in it switches the "
         "mode when it changes (FLUX_POD_ANNOTATIONS)",
     )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=env("FLUX_OTLP_ENDPOINT"),
+        metavar="URL",
+        help="OTLP/HTTP collector to stream spans to, as JSON POSTed to URL/v1/traces "
+        "(FLUX_OTLP_ENDPOINT; failures are counted in `flux stats`, never fatal)",
+    )
+
+
+def add_capture_flag(parser: argparse.ArgumentParser) -> None:
+    value = (env("FLUX_CAPTURE_MUTATIONS") or "on").strip().lower()
+    parser.add_argument(
+        "--capture-mutations",
+        action=argparse.BooleanOptionalAction,
+        default=value not in ("0", "off", "no", "false"),
+        help="in record mode, log every row INSERT/UPDATE/DELETE/MERGE change, before and "
+        "after (FLUX_CAPTURE_MUTATIONS, default on); off, statements are forwarded exactly "
+        "as sent and only recorded",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -263,4 +285,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_cycle_bytes=args.max_cycle_bytes,
         shutdown_grace=args.shutdown_grace,
         pod_annotations=args.pod_annotations,
+        capture_mutations=args.capture_mutations,
+        otlp_endpoint=args.otlp_endpoint,
     )

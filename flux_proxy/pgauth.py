@@ -185,7 +185,7 @@ class PgSessionSetup(asyncio.Protocol):
                 if rest:
                     self._startup_data(rest)
             case pgwire.CancelRequest():
-                if self.proxy.mode != "replay":
+                if self.proxy.mode != "replay" and self.proxy.upstream is not None:
                     self.proxy.spawn(cancel_request(self.proxy.upstream, packet))
                 self.transport.close()
             case pgwire.StartupMessage(protocol_version=version, parameters=parameters):
@@ -219,6 +219,16 @@ class PgSessionSetup(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     async def _connect(self) -> None:
+        if self.proxy.upstream is None:
+            self.proxy.count("upstream_connect_errors")
+            self._close_with(
+                fatal(
+                    "08001",
+                    f"flux-proxy has no upstream database (--upstream-db, FLUX_UPSTREAM_DB): "
+                    f"only replay mode answers without one, and the mode is {self.proxy.mode}",
+                )
+            )
+            return
         try:
             upstream = await connect_upstream(self.proxy.upstream, self)
         except (OSError, ssl.SSLError, ConnectionError) as exc:

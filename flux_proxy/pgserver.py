@@ -35,7 +35,7 @@ class PgProxy:
     def __init__(
         self,
         *,
-        upstream: UpstreamTarget,
+        upstream: UpstreamTarget | None,  # None: replay only (no --upstream-db)
         state: SidecarState,
         submit: Callable[[Any], bool],
         replay: PgReplaySource,

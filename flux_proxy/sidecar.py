@@ -16,6 +16,8 @@ from recorder.store import StoreError, open_store
 from .admin import AdminApi, AdminSources
 from .config import Settings
 from .keysetup import KeySetupError, reader_sealer, recording_keys, replay_gap
+from .otlpexport import OtlpLink
+from .pgrewrite import set_capture
 from .pgserver import PgProxy
 from .podinfo import AnnotationWatcher
 from .recording import RecorderLink
@@ -62,6 +64,8 @@ class Sidecar:
         self.http: HttpProxy | None = None
         self.admin: AdminApi | None = None
         self.watcher: AnnotationWatcher | None = None
+        self.otlp: OtlpLink | None = None  # --otlp-endpoint: spans follow the store
+        self.bound: dict[str, tuple[str, int]] = {}  # listener name -> address it bound
         self._started = False
         self._stop = asyncio.Event()
 
@@ -102,11 +106,21 @@ class Sidecar:
             self.watcher = AnnotationWatcher(settings.pod_annotations, self.state)
             self.watcher.start()
         self.recorder = await self._open_recorder()
-        if settings.upstream_db:
+        if settings.otlp_endpoint:
             try:
-                upstream = UpstreamTarget.from_url(settings.upstream_db)
+                self.otlp = OtlpLink.for_settings(settings)
             except ValueError as exc:
                 raise StartupError(str(exc)) from exc
+            await self.otlp.start()
+        if settings.upstream_db or settings.mode == "replay":
+            # Replay needs no upstream: an imported bundle replays on a laptop without one.
+            upstream = None
+            if settings.upstream_db:
+                try:
+                    upstream = UpstreamTarget.from_url(settings.upstream_db)
+                except ValueError as exc:
+                    raise StartupError(str(exc)) from exc
+            set_capture(settings.capture_mutations)
             self.pg = PgProxy(
                 upstream=upstream,
                 state=self.state,
@@ -120,7 +134,9 @@ class Sidecar:
                 address = await self.pg.start(*settings.listen_db)
             except OSError as exc:
                 raise StartupError(f"cannot listen on {settings.listen_db}: {exc}") from exc
-            _announce("pg", address, f" -> {upstream.address} ({settings.mode})")
+            self.bound["pg"] = address
+            target = upstream.address if upstream is not None else "no upstream"
+            _announce("pg", address, f" -> {target} ({settings.mode})")
         else:
             log.warning("no --upstream-db (FLUX_UPSTREAM_DB): the PostgreSQL listener is off")
         if settings.udp:
@@ -135,12 +151,15 @@ class Sidecar:
             problems=self.problems,
             recorder_stats=lambda: self.recorder.stats() if self.recorder else {},
             open_connections=lambda: {"pg": len(self.pg.connections) if self.pg else 0},
+            listeners=lambda: self.bound,
+            app_url=self.settings.app_url,
         )
         self.admin = AdminApi(sources, token=self.settings.admin_token)
         try:
             address = await self.admin.start(*self.settings.listen_admin)
         except OSError as exc:
             raise StartupError(f"cannot listen on {self.settings.listen_admin}: {exc}") from exc
+        self.bound["admin"] = address
         _announce("admin", address)
 
     def problems(self) -> list[str]:
@@ -173,11 +192,14 @@ class Sidecar:
             no_intercept=settings.no_intercept,
             body_cap=settings.body_cap,
             sensitive_headers=settings.sensitive_headers,
+            store_location=settings.store_location,
+            reader=self.reader,
         )
         try:
             bound = await self.http.start()
         except (HttpStartError, OSError) as exc:
             raise StartupError(f"cannot start the HTTP proxy: {exc}") from exc
+        self.bound.update(bound)
         if "http" in bound:
             _announce("http", bound["http"])
         if "inbound" in bound:
@@ -218,6 +240,8 @@ class Sidecar:
         await asyncio.gather(*draining)
         if self.recorder is not None:
             await self.recorder.close()
+        if self.otlp is not None:
+            await self.otlp.close()  # after the recorder: the last events are stored by then
         if self.admin is not None:
             await self.admin.close()  # last: probes see "shutting down" through the grace
 

@@ -258,3 +258,35 @@ def test_volatile_binary_parameters_still_match(recorded: Any) -> None:
     (entry,) = replay_report(replayer)["volatile"]
     assert [where for where, _, _ in entry["differences"]] == [0, 1]
     assert sentinel.connections == 0
+
+
+def test_replay_needs_no_upstream_and_live_modes_refuse_without_one(
+    pg_db: PgServer, tmp_path: Path
+) -> None:
+    """An imported bundle replays on a laptop that has no database: with no --upstream-db
+    the replay listener still answers; switched to record, new sessions get 08001."""
+    with psycopg.connect(pg_db.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric)")
+        conn.execute("INSERT INTO accounts VALUES (1, 'ada', 100.50), (2, 'grace', 7)")
+    data_dir = tmp_path / "flux"
+    recorder = start_sidecar(data_dir, pg_db)
+    try:
+        recorded = psycopg_workload(recorder.dsn())
+    finally:
+        recorder.stop()
+    replayer = start_sidecar(data_dir, None, mode="replay", env={"FLUX_ADMIN_TOKEN": "t0k"})
+    try:
+        dsn = pg_db.dsn(host=replayer.host, port=replayer.port)
+        assert psycopg_workload(dsn) == recorded
+        assert "no upstream" in "".join(replayer.stdout_lines)
+        switched = httpx.post(
+            f"{replayer.admin_url}/mode",
+            json={"mode": "record"},
+            headers={"authorization": "Bearer t0k"},
+            timeout=10,
+        )
+        assert switched.status_code == 200, switched.text
+        with pytest.raises(psycopg.OperationalError, match="no upstream database"):
+            psycopg.connect(dsn, connect_timeout=10).close()
+    finally:
+        replayer.stop()
