@@ -285,7 +285,10 @@ class PgReplayProtocol(asyncio.Protocol):
         trace = self._trace_for(sql)
         result = self.proxy.replay.match(trace, sql, params, types, simple=simple)
         if isinstance(result, Miss):
+            self.proxy.count("replay_misses")
             log.warning("connection %s: %s", self.conn_id, result.message)
+        else:
+            self.proxy.count("replay_hits")
         return result
 
     def _query(self, sql: str) -> None:

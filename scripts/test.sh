@@ -13,7 +13,7 @@ bash scripts/setup.sh
 status=0
 
 pytest_rc=0
-.venv/bin/pytest -q "$@" || pytest_rc=$?
+.venv/bin/pytest -q --durations=15 "$@" || pytest_rc=$?
 if [[ $pytest_rc -eq 5 ]]; then
     echo "[test] pytest collected no tests: counting that as a failure" >&2
 fi

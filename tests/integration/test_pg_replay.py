@@ -16,6 +16,7 @@ import httpx
 import psycopg
 import pytest
 
+from tests.fix_admin import metrics
 from tests.fix_pg import PgServer
 from tests.fix_sentinel import Sentinel
 from tests.fix_sidecar import SidecarProcess, start_sidecar
@@ -96,10 +97,13 @@ def psycopg_workload(dsn: str) -> list[Any]:
 
 
 def test_psycopg_sync_and_pipeline_replay_without_upstream(recorded: Any) -> None:
-    first, second, _, sentinel = recorded(psycopg_workload)
+    first, second, replayer, sentinel = recorded(psycopg_workload)
     assert second == first
     assert first[0] == [("ada", first[0][0][1]), ("grace", first[0][1][1])]
     assert sentinel.connections == 0
+    samples = metrics(replayer.admin_url)
+    assert samples["flux_pg_replay_hits_total"] >= 4
+    assert samples.get("flux_pg_replay_misses_total", 0) == 0
 
 
 def test_asyncpg_prepared_binary_replay_without_upstream(recorded: Any) -> None:
@@ -160,6 +164,7 @@ def test_changed_query_is_a_miss_naming_the_recorded_statement(recorded: Any) ->
     assert "select owner from accounts where id = $1" in str(error)
     assert sentinel.connections == 0
     assert "no recorded answer" in replayer.stderr()
+    assert metrics(replayer.admin_url)["flux_pg_replay_misses_total"] == 1
 
 
 def test_changed_prepared_statement_is_a_miss_naming_the_recorded_one(recorded: Any) -> None:
