@@ -22,13 +22,16 @@ from recorder.mutation.capture import MAX_CAPTURE_BYTES, StatementCapture
 from recorder.mutation.forms import IDENTITY, OID, Capture, Rewrite
 from recorder.mutation.identity import SKIP_SECONDS, parse_lookup
 from recorder.mutation.planner import Planner
+from recorder.mutation.preload import preload_entries
 from recorder.mutation.roles import SessionRole
 
 from .pgrows import cut_data_row, cut_row_description, message_size
 
 log = logging.getLogger("flux.pg.capture")
 
-PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, QUERY, FUNCTION, OURS = range(9)
+# OURS: our Close or Parse of a statement prepared again; PRELOAD: our Query of the
+# session's start (see recorder.mutation.preload). Not a byte of their answers is forwarded.
+PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, QUERY, FUNCTION, OURS, PRELOAD = range(10)
 _ENDS_CYCLE: Final = frozenset({SYNC, QUERY, FUNCTION})
 _ASYNC: Final = frozenset(b"NSA")
 # A rewrite that the server rejects for these reasons is not tried again for a while: a
@@ -40,8 +43,8 @@ _I = struct.Struct("!I")
 
 
 class Request:
-    __slots__ = ("index", "kind", "name", "previous", "rewrite", "rows", "size", "statement",
-                 "truncated")  # fmt: skip
+    __slots__ = ("failed", "index", "kind", "name", "previous", "rewrite", "rows", "size",
+                 "statement", "truncated")  # fmt: skip
 
     def __init__(self, kind: int, rewrite: Rewrite | None = None, name: str = "") -> None:
         self.kind = kind
@@ -53,6 +56,7 @@ class Request:
         self.size = 0
         self.truncated = False
         self.index = 0
+        self.failed = False
 
     def capture(self) -> Capture | None:
         if self.rewrite is None or self.statement >= len(self.rewrite.statements):
@@ -77,6 +81,9 @@ class AnswerSide:
     _status: bytes
     _executions: int
     _cycle: list[StatementCapture]
+    # Client bytes held while our PRELOAD is answered, so what it learns plans them.
+    _holding: bool
+    _held_front: bytearray
 
     def _scope(self, rewrite: Rewrite | None) -> tuple[str, str]:
         return self.database, "" if rewrite is None else rewrite.role
@@ -139,6 +146,8 @@ class AnswerSide:
         if type_byte in _ASYNC or not self._queue:
             return False
         head = self._queue[0]
+        if head.kind == PRELOAD:
+            return True
         if head.kind == OURS:
             return type_byte in b"13"  # the answers to our own Close and Parse: dropped
         if head.rewrite is None:
@@ -161,6 +170,9 @@ class AnswerSide:
     def _backend_message(
         self, type_byte: int, message: bytes, done: list[list[StatementCapture]]
     ) -> bytes | None:
+        if self._queue and self._queue[0].kind == PRELOAD:
+            self._preloaded(type_byte, message)
+            return b""
         if type_byte == 0x5A:  # ReadyForQuery
             self._status = message[5:6]
             if self._status == b"I":
@@ -205,6 +217,26 @@ class AnswerSide:
             return replacement
         self._transition(type_byte, done)
         return None
+
+    def _preloaded(self, type_byte: int, message: bytes) -> None:
+        """An answer to our PRELOAD: rows are kept, an error means nothing is learnt (the
+        statements run as before: each table is looked up on its first write)."""
+        head = self._queue[0]
+        if type_byte == 0x44:  # DataRow
+            head.rows.append(tuple(cut_data_row(message, 2)[1]))
+        elif type_byte == 0x45:  # ErrorResponse
+            head.failed = True
+        elif type_byte == 0x5A:  # ReadyForQuery: the client's own bytes may now go on
+            self._queue.popleft()
+            self._status = message[5:6]
+            scope = (self.database, head.name)
+            if head.failed:
+                self.planner.identities.loaded.discard(scope)
+                self.counters["pg.mutations.preload-failed"] += 1
+            else:
+                self.planner.identities.load(scope, preload_entries(head.rows))
+                self.counters["pg.mutations.preloaded"] += 1
+            self._holding = False
 
     def _error(self, head: Request, message: bytes) -> bytes | None:
         rewrite = head.rewrite

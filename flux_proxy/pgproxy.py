@@ -144,6 +144,8 @@ class PgClientProtocol(PgSessionSetup):
             except Exception:
                 self._rewriter_failed()
                 return
+            if self.rewriter.releasing and not self._release_held(self.rewriter):
+                return
         transport.write(data)
         splitter = self.splitter
         assert splitter is not None
@@ -163,6 +165,20 @@ class PgClientProtocol(PgSessionSetup):
                                        inflight=request))  # fmt: skip
         if self._mode_epoch != self._state.mode_epoch and splitter.idle:
             self._apply_mode()
+
+    def _release_held(self, rewriter: PgRewriter) -> bool:
+        """Client bytes held while our own query was answered go upstream now."""
+        try:
+            held = rewriter.release()
+        except pgwire.RemoteProtocolError as exc:
+            self._protocol_violation(str(exc))
+            return False
+        except Exception:
+            self._rewriter_failed()
+            return False
+        if self.upstream is not None:
+            self.upstream.write(held)
+        return True
 
     def _ready(self, status: str) -> None:
         self.state = READY
@@ -220,6 +236,8 @@ class PgClientProtocol(PgSessionSetup):
                 user=params.get("user", ""),
                 counters=self.proxy.state.counters,
             )
+            if self.splitter.status == "I" and self.upstream is not None:
+                self.upstream.write(self.rewriter.preload())
         if self.rewriter is not None:
             self.rewriter.enabled = recording
         return None

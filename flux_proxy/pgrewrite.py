@@ -27,6 +27,7 @@ from protocols import pgwire
 from recorder.mutation.capture import StatementCapture
 from recorder.mutation.forms import IDENTITY, Rewrite
 from recorder.mutation.planner import Planner
+from recorder.mutation.preload import preload_sql
 from recorder.mutation.roles import SessionRole
 
 from .pganswers import (
@@ -37,6 +38,7 @@ from .pganswers import (
     FUNCTION,
     OURS,
     PARSE,
+    PRELOAD,
     QUERY,
     SYNC,
     AnswerSide,
@@ -84,10 +86,40 @@ class PgRewriter(AnswerSide):
         self._back_need = 0
         self._executions = 0  # executions finished in the current cycle
         self._cycle: list[StatementCapture] = []
+        self._holding = False
+        self._held_front = bytearray()
 
     # -- frontend ------------------------------------------------------------------
 
+    def preload(self) -> bytes:
+        """Our catalog query of the session's first idle point (see
+        :mod:`recorder.mutation.preload`), to send upstream; b"" when the session's
+        (database, role) is loaded already. Until its answer is in, :meth:`frontend` holds
+        the client's bytes; :meth:`release` hands them on once it is."""
+        scope = (self.database, self.role.current)
+        loaded = self.planner.identities.loaded
+        if not self.enabled or self._queue or scope in loaded:
+            return b""
+        loaded.add(scope)  # now, so sessions starting meanwhile do not load it again
+        self._queue.append(Request(PRELOAD, None, scope[1]))
+        self._holding = True
+        return pgwire.encode(pgwire.Query(query=preload_sql(self.server_major)))
+
+    @property
+    def releasing(self) -> bool:
+        """Client bytes were held for our preload, and its answer is in."""
+        return not self._holding and bool(self._held_front)
+
+    def release(self) -> bytes:
+        """The client bytes held while our preload was answered, as they go upstream."""
+        held = bytes(self._held_front)
+        self._held_front.clear()
+        return self.frontend(held) if held else b""
+
     def frontend(self, data: bytes) -> bytes:
+        if self._holding:
+            self._held_front += data
+            return b""
         view = data
         if self._front:
             self._front += data

@@ -322,3 +322,56 @@ def _starts(data: bytes) -> list[int]:
 )  # fmt: skip
 def test_result_formats_are_counted_without_decoding(bind: Bind) -> None:
     assert result_formats(pgwire.encode(bind)[5:]) == len(bind.result_formats)
+
+
+def _preloading() -> tuple[Planner, PgRewriter, bytes]:
+    planner = Planner()
+    rw = PgRewriter(planner, database="db", server_major=18, user="app")
+    return planner, rw, rw.preload()
+
+
+def test_the_session_start_loads_identities_and_the_client_sees_none_of_it() -> None:
+    planner, rw, sent = _preloading()
+    ours = pgwire.decode_frontend(sent[0], sent[5:])
+    assert isinstance(ours, Query) and "pg_table_is_visible" in ours.query
+    # The client's first statement, sent meanwhile, is held until our answer is in.
+    first = wire(Query(query="UPDATE t SET v = 2 WHERE id = 1"))
+    assert rw.frontend(first[:7]) == b"" and rw.frontend(first[7:]) == b""
+    assert not rw.releasing
+    answer = wire(
+        RowDescription(fields=(field("json_build_array"), field("pg_table_is_visible"))),
+        DataRow(values=(LOOKUP, b"t")), CommandComplete(tag="SELECT 1"), ReadyForQuery(status="I"),
+    )  # fmt: skip
+    client, done = rw.backend(answer)
+    assert client == b"" and done == []  # not a byte, and no cycle of the client's
+    assert planner.identities.get(("db", "app"), "t") == KEYED
+    assert planner.identities.get(("db", "app"), "public.t") == KEYED
+    assert rw.releasing
+    upstream = rw.release()
+    assert b"pg_catalog.to_json(old)" in upstream  # captured from the very first write
+    assert not rw.releasing and rw.counters == {"pg.mutations.preloaded": 1}
+    again = PgRewriter(planner, database="db", server_major=18, user="app")
+    assert again.preload() == b""  # the scope is loaded: a new session pays nothing
+    other = PgRewriter(planner, database="db", server_major=18, user="other")
+    assert other.preload() != b""
+
+
+def test_a_failed_preload_is_swallowed_and_tables_are_looked_up_as_before() -> None:
+    planner, rw, _ = _preloading()
+    held = wire(Query(query="INSERT INTO t VALUES (1)"))
+    assert rw.frontend(held) == b""
+    error = pgwire.ErrorResponse(fields=(("S", "ERROR"), ("C", "42501"), ("M", "denied")))
+    client, done = rw.backend(wire(error, ReadyForQuery(status="I")))
+    assert client == b"" and done == []
+    assert ("db", "app") not in planner.identities.loaded  # the next session tries again
+    upstream = rw.release()
+    assert b"json_build_array(c.oid" in upstream and b"to_json(new)" not in upstream
+    assert rw.counters == {"pg.mutations.preload-failed": 1}
+
+
+def test_ddl_of_unknown_names_makes_the_next_session_load_again() -> None:
+    planner, rw, _ = _preloading()
+    rw.backend(wire(CommandComplete(tag="SELECT 0"), ReadyForQuery(status="I")))
+    assert ("db", "app") in planner.identities.loaded
+    planner.plan("GRANT SELECT ON ALL TABLES IN SCHEMA public TO x", "db", 18, "app")
+    assert ("db", "app") not in planner.identities.loaded

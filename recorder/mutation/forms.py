@@ -16,11 +16,14 @@ is added when the client has none), so the proxy strips them by count:
 A capture reads the whole row, and reading it is not free of consequences: it
 needs SELECT on every column, and on a table with row-level security it makes
 the SELECT policies filter the rows an UPDATE or DELETE changes (or fail an
-INSERT). So the first statement on a table (per role) carries the catalog lookup
-alone, which reads no column of the table, and is not captured itself; once the
-identity is known, a statement is captured only when the role may read the row
-and the table has no row-level security, no rules, and is not a view or foreign
-table. Everything else runs exactly as sent.
+INSERT). So a table's identity is known before anything reads its rows: loaded
+for every table at a session's start (:mod:`.preload`), or else (a table created
+since, past the preload's bound, or when the preload failed) learnt from the first
+statement on it, which carries the catalog lookup alone, reads no column of the
+table, and is not captured itself. Once the identity is known, a statement is
+captured only when the role may read the row and the table has no row-level
+security, no rules, and is not a view or foreign table. Everything else runs
+exactly as sent.
 
 PostgreSQL 18 has ``RETURNING old.*, new.*``: every statement just returns
 ``to_json(old)``/``to_json(new)``. Before 18, INSERT and DELETE need nothing

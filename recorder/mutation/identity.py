@@ -22,6 +22,8 @@ INSERT fail), rules, generated columns and BEFORE UPDATE row triggers. So the
 lookup reads no column of the table: the statement that carries it runs with
 the client's privileges and policies exactly as sent, and is not captured
 itself. Privileges are per role, so identities are cached per (database, role).
+Most are loaded in bulk before the first statement of a session (:mod:`.preload`);
+the in-band lookup covers the rest.
 """
 
 from __future__ import annotations
@@ -93,6 +95,18 @@ def lookup_sql(regclass: str, server_major: int = 18) -> str:
     and no policy of it is involved.
     """
     rel = f"{quote_literal(regclass)}::pg_catalog.regclass"
+    return f"(SELECT {identity_expression(server_major)} {CATALOG_FROM} WHERE c.oid = {rel})"
+
+
+# The relation ``c`` and its schema ``n``, for :func:`identity_expression`.
+CATALOG_FROM: Final = (
+    "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+)
+
+
+def identity_expression(server_major: int) -> str:
+    """The identity of the relation ``c`` (schema ``n``) as JSON text, as
+    :func:`parse_lookup` reads it."""
     # pg_attribute.attgenerated exists from PostgreSQL 12 on.
     generated = (
         "(SELECT pg_catalog.array_agg(a.attname) FROM pg_catalog.pg_attribute a "
@@ -101,7 +115,7 @@ def lookup_sql(regclass: str, server_major: int = 18) -> str:
         else "NULL"
     )
     return (
-        "(SELECT pg_catalog.json_build_array(c.oid, n.nspname, c.relname, c.relkind, "
+        "pg_catalog.json_build_array(c.oid, n.nspname, c.relname, c.relkind, "
         "(SELECT pg_catalog.array_agg(a.attname ORDER BY k.i) "
         "FROM (SELECT x.indkey FROM pg_catalog.pg_index x WHERE x.indrelid = c.oid "
         "AND (x.indisprimary OR (x.indisreplident AND c.relreplident = 'i')) "
@@ -119,9 +133,7 @@ def lookup_sql(regclass: str, server_major: int = 18) -> str:
         f"ELSE 'none' END, {generated}, "
         # tgtype bits: 1 row, 2 before, 16 update
         "EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid = c.oid "
-        "AND g.tgtype::pg_catalog.int4 & 19 = 19))::pg_catalog.text "
-        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        f"WHERE c.oid = {rel})"
+        "AND g.tgtype::pg_catalog.int4 & 19 = 19))::pg_catalog.text"
     )
 
 
@@ -156,6 +168,8 @@ class IdentityCache:
         self._skip: dict[tuple[str, str, str], tuple[float, str]] = {}
         self._max = max_tables
         self.generation = 0  # bumped on every change, so cached rewrites know they are stale
+        # Scopes whose tables were loaded at a session's start (or are being loaded).
+        self.loaded: set[Scope] = set()
 
     def get(self, scope: Scope, relation: str) -> TableIdentity | None:
         return self._known.get((*scope, relation))
@@ -166,6 +180,16 @@ class IdentityCache:
             return
         self._known[key] = identity
         self._known.move_to_end(key)
+        while len(self._known) > self._max:
+            self._known.popitem(last=False)
+        self.generation += 1
+
+    def load(self, scope: Scope, entries: list[tuple[str, TableIdentity]]) -> None:
+        """Many identities at once (see :mod:`.preload`); one generation step."""
+        for relation, identity in entries[: self._max]:
+            key = (*scope, relation)
+            self._known[key] = identity
+            self._known.move_to_end(key)
         while len(self._known) > self._max:
             self._known.popitem(last=False)
         self.generation += 1
@@ -203,5 +227,7 @@ class IdentityCache:
         ]
         for key in stale:
             del self._known[key]
+        if names is None:
+            self.loaded = {s for s in self.loaded if s[0] != database}
         if stale:
             self.generation += 1

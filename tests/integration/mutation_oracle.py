@@ -162,29 +162,6 @@ UNCAPTURED_BEFORE_17 = ("mtarget",)
 UNCAPTURED_BEFORE_18 = ("random() < 2",)
 
 
-# The first statement on a table (per role) carries only the catalog lookup and is not
-# captured (see recorder.mutation.forms): run through the sidecar under another
-# application_name (the audit keeps it apart), each changes one row, removed afterwards.
-WARM_APP = "flux-warm-up"
-WARM_UP = [
-    "INSERT INTO accounts (id, owner) VALUES (-1, 'warm')",
-    "INSERT INTO pairs VALUES (-1, 'warm', 0)",
-    "INSERT INTO notes VALUES ('warm', -1)",
-    "INSERT INTO ri VALUES ('warm', 0)",
-    "INSERT INTO parts VALUES (-1, 'eu', 0)",
-    "INSERT INTO stamped (id, v) VALUES (-1, 0)",
-    "INSERT INTO mtarget VALUES (-1, 0)",
-    "INSERT INTO archive VALUES ('warm', -1)",
-    "UPDATE ctr SET hits = hits WHERE id = 1",
-]
-WARM_DOWN = """
-DELETE FROM accounts WHERE id = -1; DELETE FROM pairs WHERE a = -1;
-DELETE FROM notes WHERE body = 'warm'; DELETE FROM ri WHERE code = 'warm';
-DELETE FROM parts WHERE id = -1; DELETE FROM stamped WHERE id = -1;
-DELETE FROM mtarget WHERE id = -1; DELETE FROM archive WHERE body = 'warm';
-"""
-
-
 def bind(sql: str, params: tuple[Any, ...], base: int) -> tuple[str, list[Any]]:
     """The statement for one driver: its key base in, "+n" parameters as base + n."""
     values = [base + int(p[1:]) if isinstance(p, str) and p.startswith("+") else p for p in params]

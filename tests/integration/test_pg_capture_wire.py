@@ -114,8 +114,8 @@ def test_every_message_is_the_same_direct_and_through_the_sidecar(
         RawClient(wire_db.host, wire_db.port, *args) as direct,
         RawClient(sidecar.host, sidecar.port, *args) as proxied,
     ):
-        # Twice through the sidecar: first while it learns each table's identity (the
-        # catalog lookup rides along), then with the identity cached.
+        # Twice through the sidecar: first from a fresh session (identities loaded at its
+        # start, out of the client's sight), then with everything learnt since.
         for round_ in ("learning", "cached"):
             for name, messages in CASES:
                 admin.execute(RESET.encode())
