@@ -57,9 +57,11 @@ def test_dev_key_pair_on_a_laptop(pg15: PgServer, tmp_path: Path) -> None:
     assert "created a DEVELOPMENT key pair" in sidecar.stderr()
     keys = data_dir / "keys"
     assert mode(keys) == 0o700
+    # lookup.key: the store's own secret for mutation row look-ups (keyed digests).
     assert {p.name: mode(p) for p in keys.iterdir()} == {
         "flux-dev.pub": 0o600,
         "flux-dev.key": 0o600,
+        "lookup.key": 0o600,
     }
     assert mode(data_dir / "flux.db") == 0o600
     # Nothing configured, and `flux trace` still shows values: it finds the dev key.
