@@ -295,3 +295,20 @@ def test_replay_needs_no_upstream_and_live_modes_refuse_without_one(
             psycopg.connect(dsn, connect_timeout=10).close()
     finally:
         replayer.stop()
+
+
+def test_copy_out_replays_from_the_recording(recorded: Any) -> None:
+    """COPY TO STDOUT: CopyOutResponse, CopyData and CopyDone come back as recorded."""
+
+    def work(dsn: str) -> Any:
+        with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+            with cur.copy(
+                f"COPY (SELECT id, owner FROM accounts ORDER BY id) TO STDOUT {COMMENT}"
+            ) as copy:
+                rows = [bytes(chunk) for chunk in copy]
+            return rows, cur.statusmessage
+
+    first, second, _, sentinel = recorded(work)
+    assert first[0] and b"ada" in b"".join(first[0])
+    assert second == first
+    assert sentinel.connections == 0
