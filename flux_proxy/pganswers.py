@@ -231,7 +231,6 @@ class AnswerSide:
             self._status = message[5:6]
             scope = (self.database, head.name)
             if head.failed:
-                self.planner.identities.loaded.discard(scope)
                 self.counters["pg.mutations.preload-failed"] += 1
             else:
                 self.planner.identities.load(scope, preload_entries(head.rows))

@@ -100,7 +100,8 @@ class PgRewriter(AnswerSide):
         loaded = self.planner.identities.loaded
         if not self.enabled or self._queue or scope in loaded:
             return b""
-        loaded.add(scope)  # now, so sessions starting meanwhile do not load it again
+        # Sessions that start while another's preload is in flight send their own: had they
+        # waited for none, their first write would find no identity and go uncaptured.
         self._queue.append(Request(PRELOAD, None, scope[1]))
         self._holding = True
         return pgwire.encode(pgwire.Query(query=preload_sql(self.server_major)))

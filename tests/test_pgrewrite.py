@@ -356,6 +356,15 @@ def test_the_session_start_loads_identities_and_the_client_sees_none_of_it() -> 
     assert other.preload() != b""
 
 
+def test_sessions_starting_during_a_preload_load_too() -> None:
+    """Eight pool connections open at once: each must know its tables before its first
+    write, so one still in flight elsewhere does not excuse a session from loading."""
+    planner, _, first = _preloading()
+    meanwhile = PgRewriter(planner, database="db", server_major=18, user="app")
+    assert first != b"" and meanwhile.preload() == first
+    assert ("db", "app") not in planner.identities.loaded
+
+
 def test_a_failed_preload_is_swallowed_and_tables_are_looked_up_as_before() -> None:
     planner, rw, _ = _preloading()
     held = wire(Query(query="INSERT INTO t VALUES (1)"))

@@ -168,7 +168,7 @@ class IdentityCache:
         self._skip: dict[tuple[str, str, str], tuple[float, str]] = {}
         self._max = max_tables
         self.generation = 0  # bumped on every change, so cached rewrites know they are stale
-        # Scopes whose tables were loaded at a session's start (or are being loaded).
+        # Scopes whose tables were loaded at a session's start.
         self.loaded: set[Scope] = set()
 
     def get(self, scope: Scope, relation: str) -> TableIdentity | None:
@@ -186,6 +186,7 @@ class IdentityCache:
 
     def load(self, scope: Scope, entries: list[tuple[str, TableIdentity]]) -> None:
         """Many identities at once (see :mod:`.preload`); one generation step."""
+        self.loaded.add(scope)
         for relation, identity in entries[: self._max]:
             key = (*scope, relation)
             self._known[key] = identity
