@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Protocol
 
 
 class Sentinel:
@@ -39,3 +40,17 @@ class Sentinel:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
+
+
+class _Server(Protocol):
+    host: str
+    port: int
+
+    def stop(self, mode: str = ...) -> None: ...
+
+
+def stand_in_for(server: _Server) -> Sentinel:
+    """Stops ``server`` and binds a Sentinel where it listened. Close the sentinel before
+    the server starts again (the ``pg_db`` fixture restarts a stopped shared server)."""
+    server.stop()
+    return Sentinel(server.port, server.host)

@@ -7,7 +7,6 @@ import datetime
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 
 from tests.fix_admin import metrics
 from tests.fix_pg import PgServer
-from tests.fix_sentinel import Sentinel
+from tests.fix_sentinel import Sentinel, stand_in_for
 from tests.fix_sidecar import SidecarProcess, start_sidecar
 
 TRACE = "5a1e0000000000000000000000000001"
@@ -56,13 +55,17 @@ def recorded(
         workload: Callable[[str], Any], *args: str
     ) -> tuple[Any, Any, SidecarProcess, Sentinel]:
         data_dir = tmp_path / "flux"
+        for earlier in sentinels:  # a second round trip records against the real server
+            earlier.close()
+        pg_db.start()
         recorder = start_sidecar(data_dir, pg_db)
         started.append(recorder)
         first = workload(recorder.dsn())
         recorder.stop()
-        sentinel = Sentinel()
+        # The upstream is stopped and a sentinel takes its port: replay must reach neither.
+        sentinel = stand_in_for(pg_db)
         sentinels.append(sentinel)
-        replayer = start_sidecar(data_dir, replace(pg_db, port=sentinel.port), *args, mode="replay")
+        replayer = start_sidecar(data_dir, pg_db, *args, mode="replay")
         started.append(replayer)
         second = workload(replayer.dsn())
         return first, second, replayer, sentinel

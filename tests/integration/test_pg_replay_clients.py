@@ -8,7 +8,7 @@ import asyncio
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 
 from tests.fix_pg import PgServer
-from tests.fix_sentinel import Sentinel
+from tests.fix_sentinel import Sentinel, stand_in_for
 from tests.fix_sidecar import SidecarProcess, start_sidecar
 
 TRACE = "5a1e0000000000000000000000000002"
@@ -56,13 +56,17 @@ def round_trip(pg_db: PgServer, tmp_path: Path) -> Iterator[Callable[[Workload],
 
     def run(workload: Workload) -> RoundTrip:
         data_dir = tmp_path / "flux"
+        for earlier in sentinels:  # a second round trip records against the real server
+            earlier.close()
+        pg_db.start()
         recorder = start_sidecar(data_dir, pg_db)
         started.append(recorder)
         first = workload(recorder.dsn(), "record")
         recorder.stop()
-        sentinel = Sentinel()
+        # The upstream is stopped and a sentinel takes its port: replay must reach neither.
+        sentinel = stand_in_for(pg_db)
         sentinels.append(sentinel)
-        replayer = start_sidecar(data_dir, replace(pg_db, port=sentinel.port), mode="replay")
+        replayer = start_sidecar(data_dir, pg_db, mode="replay")
         started.append(replayer)
         second = workload(replayer.dsn(), "replay")
         return RoundTrip(first, second, replayer, sentinel)
