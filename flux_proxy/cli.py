@@ -30,6 +30,7 @@ from . import (
     cmd_state,
     cmd_tui,
 )
+from .keysetup import KeySetupError
 
 COMMAND_MODULES = [cmd_serve, cmd_read, cmd_admin, cmd_k8s, cmd_ca, cmd_keys, cmd_doctor, cmd_state]
 COMMAND_MODULES.append(cmd_debug)  # after cmd_read: it adds `trace diff` to `trace`
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
-    except StoreError as exc:
+    except (StoreError, KeySetupError) as exc:
         print(f"flux: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,7 +10,6 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Final
 
 from recorder.abc import Store
@@ -21,9 +20,8 @@ from recorder.model import StoredEvent
 from recorder.store import StoreNotFound
 
 from . import render_debug
-from .cmd_read import open_from_args, output_flag, report_unopened
+from .cmd_read import open_from_args, output_flag, reader_from_args, report_unopened
 from .config import add_private_key_flag, add_store_flags, private_key_values
-from .keysetup import KeySetupError, reader_sealer
 
 TRACE_ID_HELP: Final = "trace id, or a unique prefix of at least 6 hex digits"
 # Executions started longer ago than this are no longer watched for completion.
@@ -137,15 +135,11 @@ def _add_trace_command(commands: Any, word: str, build: Any) -> None:
 Traces = list[tuple[str, list[StoredEvent]]]
 
 
-def _load(args: argparse.Namespace, *given: str) -> tuple[Traces, list[str] | None] | None:
+def _load(args: argparse.Namespace, *given: str) -> tuple[Traces, list[str] | None]:
     """Each trace named (id and events), opened with the keys the flags name, and those
-    keys' ids (None when none was given); None when the keys do not load."""
+    keys' ids (None when none was given)."""
     values = private_key_values(args)
-    try:
-        sealer = reader_sealer(values, Path(args.data_dir))
-    except KeySetupError as exc:
-        print(f"flux: {exc}", file=sys.stderr)
-        return None
+    sealer = reader_from_args(args)
     store = open_from_args(args, sealer)
     try:
         traces = [_trace(store, name) for name in given]
@@ -160,19 +154,13 @@ def _trace(store: Store, given: str) -> tuple[str, list[StoredEvent]]:
 
 
 def run_why(args: argparse.Namespace) -> int:
-    loaded = _load(args, args.trace_id)
-    if loaded is None:
-        return 2
-    [(trace_id, events)], keys_given = loaded
+    [(trace_id, events)], keys_given = _load(args, args.trace_id)
     status = render_debug.why(explain(trace_id, events), args.output)
     return max(status, report_unopened(events, keys_given=keys_given))
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    loaded = _load(args, args.a, args.b)
-    if loaded is None:
-        return 2
-    [(a_id, a_events), (b_id, b_events)], keys_given = loaded
+    [(a_id, a_events), (b_id, b_events)], keys_given = _load(args, args.a, args.b)
     if args.threshold < 0 or args.ratio < 1:
         print("flux: --threshold must be >= 0 and --ratio >= 1", file=sys.stderr)
         return 2

@@ -33,8 +33,9 @@ from recorder.export.otlp import SpanConverter, export_request
 from recorder.model import StoredEvent
 from recorder.store import StoreError, open_store
 
+from .cmd_read import reader_from_args
 from .config import add_private_key_flag, add_store_flags, env, private_key_values
-from .keysetup import KeySetupError, private_keys, reader_sealer
+from .keysetup import KeySetupError, private_keys
 from .otlpexport import package_version
 
 PROGRESS_FROM = 3  # executions (or thousands of imported events) before a bar is worth it
@@ -189,11 +190,7 @@ def run_export(args: argparse.Namespace) -> int:
     location = args.store or args.data_dir
     sealer: PayloadSealer | None = KeepSealed() if args.format == "bundle" else None
     if args.format == "har":
-        try:
-            sealer = reader_sealer(private_key_values(args), Path(args.data_dir))
-        except KeySetupError as exc:
-            print(f"flux: {exc}", file=sys.stderr)
-            return 2
+        sealer = reader_from_args(args)
     store = open_store(location, readonly=True, sealer=sealer)
     try:
         traces = chosen_traces(store, args)

@@ -9,16 +9,24 @@ from pathlib import Path
 from typing import Any
 
 from recorder.abc import PayloadSealer, Store
+from recorder.crypto import EnvelopeSealer
 from recorder.model import StoredEvent
 from recorder.store import SEALED_MARKER, UNREADABLE_MARKER, open_store
 
 from . import render
 from .config import add_private_key_flag, add_store_flags, private_key_values
-from .keysetup import KeySetupError, reader_sealer
+from .keysetup import reader_sealer
 
 
 def open_from_args(args: argparse.Namespace, sealer: PayloadSealer | None = None) -> Store:
     return open_store(args.store or args.data_dir, readonly=True, sealer=sealer)
+
+
+def reader_from_args(args: argparse.Namespace) -> EnvelopeSealer:
+    """What opens sealed payloads for a read command: the private keys its flags name,
+    else the data dir's development key. A key that does not load raises
+    ``KeySetupError``, which ``flux`` reports as an error (exit 2)."""
+    return reader_sealer(private_key_values(args), Path(args.data_dir))
 
 
 def output_flag(parser: argparse.ArgumentParser) -> None:
@@ -63,11 +71,7 @@ def run_traces(args: argparse.Namespace) -> int:
 
 def run_trace(args: argparse.Namespace) -> int:
     values = private_key_values(args)
-    try:
-        sealer = reader_sealer(values, Path(args.data_dir))
-    except KeySetupError as exc:
-        print(f"flux: {exc}", file=sys.stderr)
-        return 2
+    sealer = reader_from_args(args)
     store = open_from_args(args, sealer)
     try:
         trace_id = store.resolve_trace_id(args.trace_id)

@@ -16,7 +16,6 @@ import re
 import sys
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from protocols.traceparent import new_traceparent
@@ -24,12 +23,12 @@ from recorder.abc import Store
 from recorder.model import HTTP_INBOUND, new_trace_id
 from recorder.replaycompare import EXIT_NOT_REPLAYED
 from recorder.replaypaths import IgnorePath
-from recorder.store import open_store
 
 from . import replayrender
 from .cmd_admin import add_admin_flags
-from .config import add_private_key_flag, add_store_flags, env, private_key_values
-from .keysetup import KeySetupError, reader_sealer
+from .cmd_read import open_from_args, reader_from_args
+from .config import add_private_key_flag, add_store_flags, env
+from .keysetup import KeySetupError
 from .replayrun import (
     DEFAULT_TIMEOUT,
     RESUMED_HEADER,
@@ -178,8 +177,7 @@ def window_traces(store: Store, start_ns: int, end_ns: int, limit: int) -> list[
 
 
 def _open(args: argparse.Namespace) -> Store:
-    sealer = reader_sealer(private_key_values(args), Path(args.data_dir))
-    return open_store(args.store or args.data_dir, readonly=True, sealer=sealer)
+    return open_from_args(args, reader_from_args(args))
 
 
 def _admin(args: argparse.Namespace) -> Admin:

@@ -11,17 +11,14 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
-import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from recorder.model import MUTATION, StoredEvent
 from recorder.store import SEALED_MARKER
 
-from .cmd_read import open_from_args, output_flag, report_unopened
+from .cmd_read import open_from_args, output_flag, reader_from_args, report_unopened
 from .config import add_private_key_flag, add_store_flags, private_key_values
-from .keysetup import KeySetupError, reader_sealer
 
 ENCRYPTED = "[encrypted]"
 
@@ -76,11 +73,7 @@ def parse_row_id(text: str) -> dict[str, str]:
 
 def _history(args: argparse.Namespace) -> tuple[list[StoredEvent], bool] | int:
     values = private_key_values(args)
-    try:
-        sealer = reader_sealer(values, Path(args.data_dir))
-    except KeySetupError as exc:
-        print(f"flux: {exc}", file=sys.stderr)
-        return 2
+    sealer = reader_from_args(args)
     from recorder.mutation.events import pk_digest  # here: pglast loads only when needed
     from recorder.mutation.lookupkey import lookup_key
 

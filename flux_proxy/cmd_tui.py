@@ -9,15 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from recorder.model import StoredEvent
 
 from .cmd_debug import TRACE_ID_HELP, _add_trace_command
-from .cmd_read import open_from_args, report_unopened
+from .cmd_read import open_from_args, reader_from_args, report_unopened
 from .config import add_private_key_flag, add_store_flags, private_key_values
-from .keysetup import KeySetupError, reader_sealer
+from .keysetup import KeySetupError
 from .spanview import sealed
 
 
@@ -51,7 +50,7 @@ class Loaded:
 def load(args: argparse.Namespace) -> Loaded:
     """The trace's events, opened with the keys given (else the data dir's dev key)."""
     values = private_key_values(args)
-    sealer = reader_sealer(values, Path(args.data_dir))
+    sealer = reader_from_args(args)
     store = open_from_args(args, sealer)
     try:
         trace_id = store.resolve_trace_id(args.trace_id)

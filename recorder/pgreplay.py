@@ -262,16 +262,7 @@ class ReplayIndex:
         any execution), naming the closest recorded statement."""
         pool = self._by_trace.get(trace) or self.recorded
         new = normalize(sql)
-        closest = max(
-            pool,
-            key=lambda r: difflib.SequenceMatcher(None, r.normalized, new).quick_ratio(),
-            default=None,
-        )
-        what = (
-            f"the closest recorded statement is {closest.normalized!r}"
-            if closest
-            else "nothing was recorded for this trace"
-        )
+        closest, what = _most_similar(pool, new)
         scope = f"trace {trace}" if trace else "unattributed recordings"
         return Miss(
             sqlstate="R9001",
@@ -296,23 +287,25 @@ class ReplayIndex:
                 else f"every recording of {closest.normalized!r} in this trace was already used"
             )
         else:
-            new = normalize(sql)
-            closest = max(
-                pool,
-                key=lambda r: difflib.SequenceMatcher(None, r.normalized, new).quick_ratio(),
-                default=None,
-            )
-            what = (
-                f"the closest recorded statement is {closest.normalized!r}"
-                if closest
-                else "nothing was recorded for this trace"
-            )
+            closest, what = _most_similar(pool, normalize(sql))
         scope = f"trace {trace}" if trace else "unattributed recordings"
         return Miss(
             sqlstate="R9001",
             message=f"flux replay: no recorded answer for {normalize(sql)!r} in {scope}; {what}",
             closest=closest,
         )
+
+
+def _most_similar(pool: Sequence[Recorded], normalized: str) -> tuple[Recorded | None, str]:
+    """The recorded statement whose text is nearest ``normalized``, and how a miss says so."""
+    closest = max(
+        pool,
+        key=lambda r: difflib.SequenceMatcher(None, r.normalized, normalized).quick_ratio(),
+        default=None,
+    )
+    if closest is None:
+        return None, "nothing was recorded for this trace"
+    return closest, f"the closest recorded statement is {closest.normalized!r}"
 
 
 def _volatile_differences(

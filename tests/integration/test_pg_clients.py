@@ -78,14 +78,14 @@ def close_shared() -> None:
 
 @pytest.fixture(scope="session")
 def shared_sidecars() -> Iterator[None]:
-    """Stops the shared sidecars at the end of the session (each module that uses them
-    has this fixture; the first teardown does the work)."""
+    """Stops the shared sidecars at the end of the session (test_pg_failures and
+    test_pg_transparency import this fixture and the next; the first teardown does it)."""
     yield
     close_shared()
 
 
-@pytest.fixture
-def sidecar(
+@pytest.fixture(name="sidecar")
+def shared_pg_sidecar(
     pg: PgServer, shared_sidecars: None, tmp_path_factory: pytest.TempPathFactory
 ) -> SidecarProcess:
     """Overrides the suite's per-test ``sidecar`` with the shared one."""

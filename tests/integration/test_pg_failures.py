@@ -24,24 +24,11 @@ import pytest
 from tests.fix_pg import PgServer, PgUnavailable, _chown, _run_as, free_port, start_pg_server
 from tests.fix_sidecar import SidecarProcess, start_sidecar
 from tests.fix_tls import make_ca
-from tests.integration.test_pg_clients import alive, close_shared, shared_sidecar
+
+# Fixtures: the shared sidecar per server (``sidecar``), with test_pg_clients.
+from tests.integration.test_pg_clients import alive, shared_pg_sidecar, shared_sidecars  # noqa: F401
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(scope="session")
-def shared_sidecars() -> Iterator[None]:
-    yield
-    close_shared()
-
-
-@pytest.fixture
-def sidecar(
-    pg: PgServer, shared_sidecars: None, tmp_path_factory: pytest.TempPathFactory
-) -> SidecarProcess:
-    """Overrides the suite's per-test ``sidecar``: one per server, shared with
-    test_pg_clients and the other modules (see there)."""
-    return shared_sidecar(pg, tmp_path_factory)
 
 
 SLEEP_60 = "SELECT pg_sleep(60)"

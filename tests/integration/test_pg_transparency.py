@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -22,24 +21,11 @@ import pytest
 from protocols import pgwire
 from tests.fix_pg import PgServer
 from tests.fix_sidecar import SidecarProcess
-from tests.integration.test_pg_clients import close_shared, shared_sidecar
+
+# Fixtures: the shared sidecar per server (``sidecar``), with test_pg_clients.
+from tests.integration.test_pg_clients import shared_pg_sidecar, shared_sidecars  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="session")
-def shared_sidecars() -> Iterator[None]:
-    yield
-    close_shared()
-
-
-@pytest.fixture
-def sidecar(
-    pg: PgServer, shared_sidecars: None, tmp_path_factory: pytest.TempPathFactory
-) -> SidecarProcess:
-    """Overrides the suite's per-test ``sidecar``: one per server, shared with
-    test_pg_clients and the other modules (see there)."""
-    return shared_sidecar(pg, tmp_path_factory)
 
 
 def _upstream(sidecar: SidecarProcess) -> PgServer:
