@@ -29,14 +29,13 @@ from .cmd_admin import add_admin_flags
 from .cmd_read import open_from_args, reader_from_args
 from .config import add_private_key_flag, add_store_flags, env
 from .keysetup import KeySetupError
+from .recordedrequest import ReplayError, load_recorded
 from .replayrun import (
     DEFAULT_TIMEOUT,
     RESUMED_HEADER,
     Admin,
-    ReplayError,
     ReplayResult,
     ReplaySession,
-    load_recorded,
     send,
 )
 

@@ -13,7 +13,8 @@ from rich.markup import escape
 
 from recorder.replaycompare import Difference, ResponseView, excerpt
 
-from .replayrun import RecordedRequest, ReplayResult
+from .recordedrequest import RecordedRequest
+from .replayrun import ReplayResult
 
 T = TypeVar("T")
 

@@ -22,28 +22,22 @@ import psycopg
 import pytest
 
 from tests.fix_pg import PgServer, PgUnavailable, _chown, _run_as, free_port, start_pg_server
+
+# Fixtures: the shared sidecar per server (``sidecar``).
+from tests.fix_shared import (  # noqa: F401
+    alive,
+    asyncpg_kwargs,
+    shared_pg_sidecar,
+    shared_sidecars,
+    upstream_of,
+)
 from tests.fix_sidecar import SidecarProcess, start_sidecar
 from tests.fix_tls import make_ca
-
-# Fixtures: the shared sidecar per server (``sidecar``), with test_pg_clients.
-from tests.integration.test_pg_clients import alive, shared_pg_sidecar, shared_sidecars  # noqa: F401
 
 pytestmark = pytest.mark.timeout(90)
 
 
 SLEEP_60 = "SELECT pg_sleep(60)"
-
-
-def _upstream(sidecar: SidecarProcess) -> PgServer:
-    assert sidecar.upstream is not None
-    return sidecar.upstream
-
-
-def _asyncpg_kwargs(conninfo: dict[str, Any]) -> dict[str, Any]:
-    info = dict(conninfo)
-    info["database"] = info.pop("dbname")
-    info.setdefault("timeout", 10)
-    return info
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
@@ -102,8 +96,8 @@ def test_psycopg_cancel_reaches_the_backend(sidecar: SidecarProcess, how: str) -
 
 
 async def test_asyncpg_timeout_cancels_the_query(sidecar: SidecarProcess) -> None:
-    upstream = _upstream(sidecar)
-    conn = await asyncpg.connect(**_asyncpg_kwargs(sidecar.conninfo()))
+    upstream = upstream_of(sidecar)
+    conn = await asyncpg.connect(**asyncpg_kwargs(sidecar.conninfo()))
     try:
         pid = conn.get_server_pid()
         started = time.monotonic()
@@ -125,11 +119,11 @@ async def test_asyncpg_timeout_cancels_the_query(sidecar: SidecarProcess) -> Non
 
 
 async def test_wrong_password_gives_the_server_error(sidecar: SidecarProcess) -> None:
-    upstream = _upstream(sidecar)
+    upstream = upstream_of(sidecar)
     errors: dict[str, Any] = {}
     for name, host, port in (("direct", upstream.host, upstream.port),
                              ("proxied", sidecar.host, sidecar.port)):  # fmt: skip
-        kwargs = {**_asyncpg_kwargs(upstream.conninfo()), "host": host, "port": port,
+        kwargs = {**asyncpg_kwargs(upstream.conninfo()), "host": host, "port": port,
                   "password": "not-the-password"}  # fmt: skip
         with pytest.raises(asyncpg.InvalidPasswordError) as info:
             await asyncpg.connect(**kwargs)
@@ -143,7 +137,7 @@ async def test_wrong_password_gives_the_server_error(sidecar: SidecarProcess) ->
     assert 'password authentication failed for user "flux"' in errors["proxied psycopg"]
     assert errors["proxied psycopg"] == errors["direct psycopg"]
     # and the right password still works through the same sidecar
-    conn = await asyncpg.connect(**_asyncpg_kwargs(sidecar.conninfo()))
+    conn = await asyncpg.connect(**asyncpg_kwargs(sidecar.conninfo()))
     try:
         assert await conn.fetchval("SELECT current_user") == "flux"
     finally:
@@ -156,8 +150,8 @@ async def test_wrong_password_gives_the_server_error(sidecar: SidecarProcess) ->
 
 
 async def test_client_disconnect_mid_query_releases_the_backend(sidecar: SidecarProcess) -> None:
-    upstream = _upstream(sidecar)
-    conn = await asyncpg.connect(**_asyncpg_kwargs(sidecar.conninfo()))
+    upstream = upstream_of(sidecar)
+    conn = await asyncpg.connect(**asyncpg_kwargs(sidecar.conninfo()))
     pid = conn.get_server_pid()
     query = asyncio.create_task(conn.fetch(SLEEP_60))
     try:
@@ -266,7 +260,7 @@ async def test_upstream_tls_asyncpg(private_pg: PgServer, tls_upstream_sidecar: 
     sidecar = alive(tls_upstream_sidecar)
     await asyncio.to_thread(_wait, lambda: _accepting(private_pg), 30, 0.2)
     app = "flux-tls-test-asyncpg"
-    conn = await asyncpg.connect(**_asyncpg_kwargs(sidecar.conninfo()), ssl=False,
+    conn = await asyncpg.connect(**asyncpg_kwargs(sidecar.conninfo()), ssl=False,
                                  server_settings={"application_name": app})  # fmt: skip
     try:
         assert await conn.fetchval("SELECT 'over tls'") == "over tls"
@@ -479,7 +473,7 @@ def test_sslmode_require_without_tls_configured(sidecar: SidecarProcess) -> None
 def test_client_tls_to_the_sidecar(
     sidecar: SidecarProcess, sidecar_factory: Callable[..., SidecarProcess], tmp_path: Path
 ) -> None:
-    upstream = _upstream(sidecar)
+    upstream = upstream_of(sidecar)
     if upstream.version != 15:
         pytest.skip("run once: TLS ends at the sidecar; the server's version plays no part")
     cert, key = _self_signed(tmp_path)

@@ -20,10 +20,10 @@ import pytest
 
 from protocols import pgwire
 from tests.fix_pg import PgServer
-from tests.fix_sidecar import SidecarProcess
 
-# Fixtures: the shared sidecar per server (``sidecar``), with test_pg_clients.
-from tests.integration.test_pg_clients import shared_pg_sidecar, shared_sidecars  # noqa: F401
+# Fixtures: the shared sidecar per server (``sidecar``).
+from tests.fix_shared import shared_pg_sidecar, shared_sidecars  # noqa: F401
+from tests.fix_sidecar import SidecarProcess
 
 pytestmark = pytest.mark.timeout(60)
 
