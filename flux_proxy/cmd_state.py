@@ -281,6 +281,8 @@ def run_explain(args: argparse.Namespace) -> int:
                 "table": capture.relation if capture else None,
                 "appended_columns": list(capture.roles) if capture else [],
                 "client_sees_rows": capture.client_returning if capture else None,
+                "writable_ctes": [{"op": c.op, "table": c.relation, "form": c.form,
+                                   "captured_columns": list(c.roles)} for c in stmt.ctes],
             })  # fmt: skip
         result.update(parsed=plan is not None, rewritten=plan.sql if plan else args.sql,
                       statements=rows)  # fmt: skip
@@ -295,6 +297,11 @@ def run_explain(args: argparse.Namespace) -> int:
             what = f"captured ({row['form']}): appends {', '.join(row['appended_columns'])}"
         else:
             what = f"runs uncaptured: {row['uncaptured'] or 'no data change'}"
+            if row["writable_ctes"] and not row["uncaptured"]:
+                what = "the outer query changes no data"
         print(f"-- {row['statement'][:80]}\n--   {what}")
+        for cte in row["writable_ctes"]:
+            print(f"--   writable CTE: {cte['op']} {cte['table']} captured ({cte['form']}), "
+                  "read back after the statement")  # fmt: skip
     print(result["rewritten"])
     return 0

@@ -22,9 +22,10 @@ from recorder.mutation.capture import MAX_CAPTURE_BYTES, StatementCapture
 from recorder.mutation.forms import IDENTITY, OID, Capture, Rewrite
 from recorder.mutation.identity import SKIP_SECONDS, parse_lookup
 from recorder.mutation.planner import Planner
-from recorder.mutation.preload import preload_entries
+from recorder.mutation.preload import preload_answered
 from recorder.mutation.roles import SessionRole
 
+from .pgreadback import READBACK_KIND, answer, ctes_of, rewrite_ctes
 from .pgrows import cut_data_row, cut_row_description, message_size
 
 log = logging.getLogger("flux.pg.capture")
@@ -62,6 +63,13 @@ class Request:
         if self.rewrite is None or self.statement >= len(self.rewrite.statements):
             return None
         return self.rewrite.statements[self.statement].capture
+
+
+def _reading(head: Request) -> bool:
+    """Whether the request is our read-back of writable CTEs' rows (see .pgreadback)."""
+    return head.kind == READBACK_KIND or (
+        head.kind == QUERY and bool(ctes_of(head.rewrite, head.statement))
+    )
 
 
 class AnswerSide:
@@ -148,8 +156,10 @@ class AnswerSide:
         head = self._queue[0]
         if head.kind == PRELOAD:
             return True
+        if _reading(head):
+            return type_byte in b"TDC"  # the answers to our read-back (see .pgreadback)
         if head.kind == OURS:
-            return type_byte in b"13"  # the answers to our own Close and Parse: dropped
+            return type_byte in b"123"  # the answers to our own Close, Parse and Bind: dropped
         if head.rewrite is None:
             return False
         if type_byte == 0x45:  # ErrorResponse: its position may need mapping
@@ -183,6 +193,8 @@ class AnswerSide:
         if head.kind == OURS:
             self._queue.popleft()
             return b""
+        if _reading(head):
+            return answer(self, head, type_byte, message)
         if type_byte == 0x44:  # DataRow
             capture = head.capture()
             if capture is None:
@@ -230,10 +242,11 @@ class AnswerSide:
             self._queue.popleft()
             self._status = message[5:6]
             scope = (self.database, head.name)
-            if head.failed:
+            if head.failed:  # 57014 too: a statement_timeout, a cancel not the client's
                 self.counters["pg.mutations.preload-failed"] += 1
+                self.planner.identities.preload_failed(scope)
             else:
-                self.planner.identities.load(scope, preload_entries(head.rows))
+                preload_answered(self.planner.identities, scope, head.rows, self.role)
                 self.counters["pg.mutations.preloaded"] += 1
             self._holding = False
 
@@ -252,15 +265,18 @@ class AnswerSide:
             mapped = rewrite.original_position(int(position))
             added = rewrite.added(int(position))
             fields["P"] = str(mapped)
-        if capture is not None and (added or fields.get("C") in _SKIP_STATES):
+        ctes = rewrite_ctes(rewrite, head.statement if head.kind == QUERY else 0)
+        for failed in (capture, *ctes):  # the statement's own capture, its writable CTEs'
+            if failed is None or not (added or fields.get("C") in _SKIP_STATES):
+                continue
             # Our addition is what failed (a privilege revoked or a policy added since the
             # lookup, a DO INSTEAD rule): run this table's statements unchanged for a while.
             log.warning("capture on %s failed (%s %s); its statements run uncaptured for now",
-                        capture.relation, fields.get("C"), fields.get("M"))  # fmt: skip
+                        failed.relation, fields.get("C"), fields.get("M"))  # fmt: skip
             state = fields.get("C")
-            rule = IDENTITY in capture.roles and state == "0A000"
+            rule = IDENTITY in failed.roles and state == "0A000"
             self.planner.identities.skip(
-                self._scope(rewrite), capture.relation, f"rewrite-failed-{state}",
+                self._scope(rewrite), failed.relation, f"rewrite-failed-{state}",
                 _SKIP_LONG if rule else SKIP_SECONDS,
             )  # fmt: skip
         if head.kind in (QUERY, EXECUTE):

@@ -146,6 +146,11 @@ class PgSessionSetup(asyncio.Protocol):
     def _ready(self, status: str) -> None:
         raise NotImplementedError
 
+    def _relay_cancel(self, packet: bytes) -> None:
+        """A CancelRequest this connection carried, for the session its key names."""
+        assert self.proxy.upstream is not None
+        self.proxy.spawn(cancel_request(self.proxy.upstream, packet))
+
     def _hand_over(self, startup: bytes | None = None) -> object:
         raise NotImplementedError
 
@@ -186,7 +191,7 @@ class PgSessionSetup(asyncio.Protocol):
                     self._startup_data(rest)
             case pgwire.CancelRequest():
                 if self.proxy.mode != "replay" and self.proxy.upstream is not None:
-                    self.proxy.spawn(cancel_request(self.proxy.upstream, packet))
+                    self._relay_cancel(packet)
                 self.transport.close()
             case pgwire.StartupMessage(protocol_version=version, parameters=parameters):
                 if version >> 16 != 3:
@@ -202,7 +207,7 @@ class PgSessionSetup(asyncio.Protocol):
                 self._started_ns = time.time_ns()
                 self.state = CONNECTING
                 if rest:
-                    self._early.append(rest)
+                    self.data_received(rest)  # the subclass sorts early bytes (CONNECTING)
                 self.proxy.spawn(self._connect())
 
     async def _start_tls(self) -> None:

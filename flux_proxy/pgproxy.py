@@ -27,6 +27,7 @@ from recorder.pgcapture import PgCycleCaptured, PgSessionEnded, PgSessionStarted
 
 from . import inflight
 from .pgauth import AUTH, CLOSED, CONNECTING, READY, STARTUP, PgSessionSetup, cancel_packet, fatal
+from .pgearly import EarlyBytes
 from .pgprepared import PreparedStatements
 from .pgreplay import PgReplayProtocol
 from .pgrewrite import PgRewriter, capture_enabled, shared_planner
@@ -39,6 +40,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("flux.pg")
 
 _TERMINATE = b"X\x00\x00\x00\x04"
+_CANCEL_RETRIES = (0.1, 0.3, 1.0, 3.0)  # seconds after each send of a released cancel
+
+
+def _startup_user(params: dict[str, str]) -> str | None:
+    """The StartupMessage's user, or None when its settings may have made another role
+    current (the preload then says which, see recorder.mutation.preload)."""
+    settings = " ".join(f"{k}={v}" for k, v in params.items() if k not in ("user", "database"))
+    return None if "role" in settings or "authorization" in settings else params.get("user", "")
 
 
 class PgClientProtocol(PgSessionSetup):
@@ -55,6 +64,10 @@ class PgClientProtocol(PgSessionSetup):
         self.recording = False
         self._state = proxy.state
         self._mode_epoch = -1
+        self._early_bytes = EarlyBytes()  # requests sent ahead of the first ReadyForQuery
+        # The client's CancelRequest that came while its bytes were held behind our preload.
+        self._cancel_held: bytes | None = None
+        self._cycles_ended = 0  # protocol cycles answered, for a cancel sent after release
 
     # -- client side -----------------------------------------------------
 
@@ -90,11 +103,21 @@ class PgClientProtocol(PgSessionSetup):
             self.upstream.write(data)
         elif self.state == AUTH:
             assert self.upstream is not None
-            self.upstream.write(data)
+            data = self._early_bytes.client(data)
+            if data:
+                self.upstream.write(data)
         elif self.state == STARTUP:
             self._startup_data(data)
         elif self.state == CONNECTING:
-            self._early.append(data)
+            data = self._early_bytes.client(data)
+            if data:
+                self._early.append(data)
+
+    def _forward(self, data: bytes) -> None:
+        super()._forward(data)
+        flush = self._early_bytes.server(data)
+        if flush and self.upstream is not None:
+            self.upstream.write(flush)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; PostgreSQL has no half-closed sessions
@@ -144,8 +167,11 @@ class PgClientProtocol(PgSessionSetup):
             except Exception:
                 self._rewriter_failed()
                 return
-            if self.rewriter.releasing and not self._release_held(self.rewriter):
-                return
+            if self.rewriter.releasing:
+                if not self._release_held(self.rewriter):
+                    return
+            elif self._cancel_held is not None and not self.rewriter.holding:
+                self._cancel_held = None  # the preload is answered; nothing was held
         transport.write(data)
         splitter = self.splitter
         assert splitter is not None
@@ -155,6 +181,7 @@ class PgClientProtocol(PgSessionSetup):
             self._upstream_violation(str(exc))
             return
         if cycles:
+            self._cycles_ended += len(cycles)
             submit = self.proxy.submit
             conn_id = self.conn_id
             # The weakest attribution: the one inbound request in flight, if only one is.
@@ -178,6 +205,44 @@ class PgClientProtocol(PgSessionSetup):
             return False
         if self.upstream is not None:
             self.upstream.write(held)
+        cancel, self._cancel_held = self._cancel_held, None
+        if cancel is not None:
+            self.proxy.spawn(self._cancel_released(cancel))
+        return True
+
+    async def _cancel_released(self, packet: bytes) -> None:
+        """The client's cancel, after the bytes it was meant for. The server ignores one
+        that reaches it before it has read the statement (a cancel of an idle session), so
+        it is sent again, a few times, for as long as the first cycle released is running."""
+        ended = self._cycles_ended
+        for delay in _CANCEL_RETRIES:
+            if self.proxy.upstream is None or self.state == CLOSED:
+                return
+            await cancel_request(self.proxy.upstream, packet)
+            await asyncio.sleep(delay)
+            if self._cycles_ended != ended:
+                return
+
+    def _relay_cancel(self, packet: bytes) -> None:
+        key = packet[8:]
+        for conn in self.proxy.connections:
+            if isinstance(conn, PgClientProtocol) and conn.auth.backend_key == key:
+                if conn._hold_cancel(packet):
+                    return
+                break
+        super()._relay_cancel(packet)
+
+    def _hold_cancel(self, packet: bytes) -> bool:
+        """Whether a CancelRequest for this session waits: the server would cancel our
+        preload, and the client's statement held behind it would then run uncancelled.
+        Held bytes are released once the preload is answered, and the cancel follows them.
+        It waits even when nothing is held yet: it came on a connection of its own, and
+        may have overtaken the statement it was sent for. If nothing comes before the
+        preload's answer, it is dropped, as the server drops one for an idle session."""
+        rewriter = self.rewriter
+        if rewriter is None or not rewriter.holding:
+            return False
+        self._cancel_held = packet
         return True
 
     def _ready(self, status: str) -> None:
@@ -188,7 +253,10 @@ class PgClientProtocol(PgSessionSetup):
             max_message_length=self.proxy.max_message_length,
         )
         self.splitter.status = status
-        self._apply_mode()
+        session = self._apply_mode()
+        early = self._early_bytes.take()
+        if early:
+            (session or self).data_received(early)
 
     def mode_changed(self) -> None:
         """The sidecar's mode changed: applied now if the session is idle, else at its next
@@ -203,6 +271,7 @@ class PgClientProtocol(PgSessionSetup):
         """Called at idle points only, so recording starts and stops on cycle boundaries.
         Returns the replay session that took the connection over, if it was handed over."""
         assert self.splitter is not None
+        at_start = self._mode_epoch == -1
         self._mode_epoch = self._state.mode_epoch
         if self.proxy.mode == "replay":
             return self._hand_over()
@@ -233,7 +302,8 @@ class PgClientProtocol(PgSessionSetup):
                 shared_planner(),
                 database=params.get("database") or params.get("user", ""),
                 server_major=server_major(bytes(self.auth.session_backend)),
-                user=params.get("user", ""),
+                # Recording that starts later finds a session that may have changed role.
+                user=_startup_user(params) if at_start else None,
                 counters=self.proxy.state.counters,
             )
             if self.splitter.status == "I" and self.upstream is not None:
@@ -268,7 +338,7 @@ class PgClientProtocol(PgSessionSetup):
             len(statements),
         )
         if startup:
-            session.data_received(startup)
+            session.data_received(startup + self._early_bytes.take())
         return session
 
     def upstream_lost(self, exc: Exception | None) -> None:

@@ -26,8 +26,9 @@ from typing import Final
 from protocols import pgwire
 from recorder.mutation.capture import StatementCapture
 from recorder.mutation.forms import IDENTITY, Rewrite
+from recorder.mutation.identity import PRELOAD_BACKING_OFF, PRELOAD_DUE
 from recorder.mutation.planner import Planner
-from recorder.mutation.preload import preload_sql
+from recorder.mutation.preload import preload_sql, session_start
 from recorder.mutation.roles import SessionRole
 
 from .pganswers import (
@@ -44,6 +45,8 @@ from .pganswers import (
     AnswerSide,
     Request,
 )
+from .pgreadback import READBACK_KIND, executes_ctes
+from .pgreadback import messages as readback_messages
 from .pgrows import message_size, result_formats
 
 _I = struct.Struct("!I")
@@ -88,17 +91,21 @@ class PgRewriter(AnswerSide):
         self._cycle: list[StatementCapture] = []
         self._holding = False
         self._held_front = bytearray()
+        self._unread: set[str] = set()  # portals bound and not executed yet (see .pgreadback)
 
     # -- frontend ------------------------------------------------------------------
 
     def preload(self) -> bytes:
         """Our catalog query of the session's first idle point (see
         :mod:`recorder.mutation.preload`), to send upstream; b"" when the session's
-        (database, role) is loaded already. Until its answer is in, :meth:`frontend` holds
-        the client's bytes; :meth:`release` hands them on once it is."""
+        (database, role) is loaded already, or its last preload failed a moment ago. Until
+        its answer is in, :meth:`frontend` holds the client's bytes; :meth:`release` hands
+        them on once it is."""
         scope = (self.database, self.role.current)
-        loaded = self.planner.identities.loaded
-        if not self.enabled or self._queue or scope in loaded:
+        state = session_start(self.planner.identities, scope, self.role)
+        if not self.enabled or self._queue or state != PRELOAD_DUE:
+            if state == PRELOAD_BACKING_OFF:
+                self.counters["pg.mutations.preload-skipped"] += 1
             return b""
         # Sessions that start while another's preload is in flight send their own: had they
         # waited for none, their first write would find no identity and go uncaptured.
@@ -110,6 +117,16 @@ class PgRewriter(AnswerSide):
     def releasing(self) -> bool:
         """Client bytes were held for our preload, and its answer is in."""
         return not self._holding and bool(self._held_front)
+
+    @property
+    def holding(self) -> bool:
+        """Our preload is under way: client bytes wait for its answer."""
+        return self._holding
+
+    @property
+    def held(self) -> bool:
+        """Client bytes wait for our preload's answer."""
+        return bool(self._held_front)
 
     def release(self) -> bytes:
         """The client bytes held while our preload was answered, as they go upstream."""
@@ -169,6 +186,7 @@ class PgRewriter(AnswerSide):
             end = body.index(0, 1 if type_byte in b"DC" else 0)
             name = body[1 if type_byte in b"DC" else 0 : end].decode("utf-8", "surrogateescape")
             if type_byte == 0x42:  # Bind: portal, then statement
+                self._unread.add(name)
                 statement = body[end + 1 : body.index(0, end + 1)].decode(
                     "utf-8", "surrogateescape"
                 )
@@ -193,24 +211,36 @@ class PgRewriter(AnswerSide):
                 running = self._portals.get(name)
                 self._queue.append(Request(EXECUTE, running))
                 capture = running.statements[0].capture if running else None
+                sent = None
                 if (
                     capture is not None
                     and not capture.client_returning
                     and _I.unpack_from(body, end + 1)[0]
                 ):
                     # No rows for the client, so no row limit: the rows are all ours.
-                    return pgwire.encode(pgwire.Execute(portal=name, max_rows=0))
-                return None
+                    sent = pgwire.encode(pgwire.Execute(portal=name, max_rows=0))
+                first = name in self._unread
+                self._unread.discard(name)
+                if first and running is not None and executes_ctes(running):
+                    # Our read-back of its writable CTEs' rows (see .pgreadback).
+                    self._queue.extend([Request(OURS), Request(OURS),
+                                        Request(READBACK_KIND, running), Request(OURS),
+                                        Request(OURS)])  # fmt: skip
+                    sent = sent or b"E" + _I.pack(len(body) + 4) + body
+                    return sent + readback_messages(running, self.server_major)
+                return sent
             elif type_byte == 0x43:  # Close
                 (self._statements if body[0] == 0x53 else self._portals).pop(name, None)
                 if body[0] == 0x53:
                     self._sources.pop(name, None)
+                else:
+                    self._unread.discard(name)
                 self._queue.append(Request(CLOSE))
                 return None
         message = pgwire.decode_frontend(type_byte, body)
         match message:
             case pgwire.Query(query=sql):
-                rewrite = self._plan(sql)
+                rewrite = self._plan(sql, query=True)
                 self._queue.append(Request(QUERY, rewrite))
                 if rewrite is not None and rewrite.changed:
                     return pgwire.encode(pgwire.Query(query=rewrite.sql))
@@ -271,20 +301,25 @@ class PgRewriter(AnswerSide):
             pgwire.Parse(statement=name, query=current.sql, param_types=source[1])
         )
 
-    def _plan(self, sql: str) -> Rewrite | None:
+    def _plan(self, sql: str, *, query: bool = False) -> Rewrite | None:
         try:
             role = self.role.seen(sql, in_transaction=self._status != b"I")
             if not self.enabled:
                 return None
-            return self.planner.plan(sql, self.database, self.server_major, role)
+            return self.planner.plan(sql, self.database, self.server_major, role, query=query)
         except Exception:  # a planner bug must not cost the client its statement
             log.exception("statement analysis failed; the statement runs unchanged")
             return None
 
 
 def _learning(rewrite: Rewrite) -> bool:
-    """Whether a rewrite carries the catalog lookup (its table's identity was unknown)."""
-    return any(p.capture is not None and IDENTITY in p.capture.roles for p in rewrite.statements)
+    """Whether a rewrite carries the catalog lookup (its table's identity was unknown), for
+    the statement's own table or a writable CTE's."""
+    return any(
+        (p.capture is not None and IDENTITY in p.capture.roles)
+        or any(IDENTITY in c.roles for c in p.ctes)
+        for p in rewrite.statements
+    )
 
 
 _PLANNER: Planner | None = None

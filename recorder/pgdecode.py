@@ -18,6 +18,7 @@ from protocols.sqlcommenter import extract_traceparent
 from protocols.sqltext import fingerprint, normalize, split_statements, statement_kind
 from protocols.traceparent import TraceParent
 
+from .mutation.shapes import shape
 from .pgtypes import display_binary
 
 _FRONTEND_DECODED = frozenset(b"QPBDECFd")
@@ -29,14 +30,32 @@ _NORMALIZED_CACHE_SIZE = 4096
 _normalized: dict[str, tuple[str, str, str]] = {}
 
 
+# Texts that differ only in constants and comments (values sent inline) normalize alike:
+# shape key -> [result, the text it came from, whether a second text confirmed it].
+_by_shape: dict[str, list[Any]] = {}
+
+
 def normalized(sql: str) -> tuple[str, str, str]:
-    """(normalized text, fingerprint, statement kind), cached by statement text."""
+    """(normalized text, fingerprint, statement kind), cached by statement text, and by
+    shape (see recorder.mutation.shapes) once two texts of the shape agreed."""
     hit = _normalized.get(sql)
-    if hit is None:
-        if len(_normalized) >= _NORMALIZED_CACHE_SIZE:
-            _normalized.clear()
-        text = normalize(sql)
-        hit = _normalized[sql] = (text, fingerprint(sql), statement_kind(text))
+    if hit is not None:
+        return hit
+    form = shape(sql)
+    entry = _by_shape.get(form.key) if form is not None else None
+    if entry is not None and entry[2]:
+        result: tuple[str, str, str] = entry[0]
+        return result
+    if len(_normalized) >= _NORMALIZED_CACHE_SIZE:
+        _normalized.clear()
+        _by_shape.clear()
+    text = normalize(sql)
+    hit = _normalized[sql] = (text, fingerprint(sql), statement_kind(text))
+    if form is not None:
+        if entry is None:
+            _by_shape[form.key] = [hit, sql, None]
+        elif entry[2] is None and entry[1] != sql:
+            entry[2] = entry[0] == hit
     return hit
 
 

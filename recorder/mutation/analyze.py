@@ -14,24 +14,20 @@ statement text pays it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
 from pglast import parser
 
 from .conflict import Upsert, upsert
+from .ddl import stale_names
+from .mergeclauses import Merge, MergeShapeError, merge
 from .nodes import Offsets, quote_ident, target_names, unwrap
 from .safety import deterministic, walk
 from .tokens import Statement as Tokens
 from .tokens import scan
+from .withclause import WritableCte, writable_ctes
 
-# Statements that change the schema: identities of the tables they name are forgotten.
-_DDL = frozenset(
-    {"AlterTableStmt", "DropStmt", "RenameStmt", "IndexStmt", "CreateStmt", "AlterObjectSchemaStmt",
-     "ReindexStmt", "CreateTrigStmt", "RuleStmt", "CreatePolicyStmt", "AlterPolicyStmt",
-     "AlterOwnerStmt", "GrantStmt", "ViewStmt"}
-)  # fmt: skip
 _OPS: Final = {"InsertStmt": "insert", "UpdateStmt": "update", "DeleteStmt": "delete",
                "MergeStmt": "merge"}  # fmt: skip
 
@@ -72,6 +68,7 @@ class Dml:
     aliases: frozenset[str]  # range names, to see clashes with RETURNING's old/new
     problem: str | None  # why it cannot be captured on any server
     set_columns: tuple[str, ...] = ()  # UPDATE: the columns its SET list assigns
+    merge: Merge | None = None  # MERGE: source, ON and WHEN clauses
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +79,7 @@ class StatementInfo:
     uncaptured: str | None = None  # a data change that runs uncaptured, and why
     ddl_names: frozenset[str] | None = None  # DDL: table names (empty set: not DDL)
     is_ddl: bool = False
+    ctes: tuple[WritableCte, ...] = ()  # data-modifying CTEs (see .withclause)
 
 
 def analyze(sql: str) -> tuple[StatementInfo, ...]:
@@ -104,16 +102,17 @@ def _statement(node: Any, toks: Tokens, chars: Offsets) -> StatementInfo:
     name, fields = unwrap(node)
     if name in _OPS:
         if _writable_cte(fields):
-            return StatementInfo(start, end, uncaptured="writable-cte")
+            return _with_ctes(fields, toks, chars, dml=_dml(name, fields, toks, chars))
         return StatementInfo(start, end, dml=_dml(name, fields, toks, chars))
     if name == "SelectStmt" and _writable_cte(fields):
-        return StatementInfo(start, end, uncaptured="writable-cte")
+        return _with_ctes(fields, toks, chars)
     if name == "CopyStmt" and (fields.get("is_from") or _changes(fields.get("query"))):
         return StatementInfo(start, end, uncaptured="copy")
     if name == "TruncateStmt":
         return StatementInfo(start, end, uncaptured="truncate")
     if name in ("CallStmt", "DoStmt"):
-        return StatementInfo(start, end, uncaptured="procedure")
+        stale = stale_names(name, fields)  # a DO block's statements are not seen
+        return StatementInfo(start, end, uncaptured="procedure", is_ddl=stale is not None)
     if name == "PrepareStmt" and _changes(fields.get("query")):
         return StatementInfo(start, end, uncaptured="sql-prepare")
     if name == "ExplainStmt" and _changes(fields.get("query")):
@@ -121,10 +120,22 @@ def _statement(node: Any, toks: Tokens, chars: Offsets) -> StatementInfo:
         return StatementInfo(
             start, end, uncaptured="explain-analyze" if "analyze" in options else None
         )
-    if name in _DDL:
-        names = frozenset(_relnames(name, fields))
-        return StatementInfo(start, end, is_ddl=True, ddl_names=names or None)
+    stale = stale_names(name, fields)
+    if stale is not None:
+        return StatementInfo(start, end, is_ddl=True, ddl_names=stale or None)
     return StatementInfo(start, end)
+
+
+def _with_ctes(
+    fields: dict[str, Any], toks: Tokens, chars: Offsets, dml: Dml | None = None
+) -> StatementInfo:
+    """A statement with data-modifying CTEs (see :mod:`.withclause`)."""
+    ctes, problem = writable_ctes(fields, toks, chars, _dml)
+    if dml is not None and dml.op == "merge":
+        problem = problem or "writable-cte-outer-merge"
+    if problem is not None:
+        return StatementInfo(toks.start, toks.end, uncaptured=problem)
+    return StatementInfo(toks.start, toks.end, dml=dml, ctes=ctes)
 
 
 def _writable_cte(fields: dict[str, Any]) -> bool:
@@ -136,20 +147,6 @@ def _changes(node: Any) -> bool:
     """Whether a statement nested in another (EXPLAIN, PREPARE, COPY) changes data."""
     kind, fields = unwrap(node)
     return kind in _OPS or (kind == "SelectStmt" and _writable_cte(fields))
-
-
-def _relnames(name: str, fields: dict[str, Any]) -> Iterator[str]:
-    relation = fields.get("relation")
-    if isinstance(relation, dict) and relation.get("relname"):
-        yield str(relation["relname"])
-    for kind, child in walk(fields):
-        if kind == "RangeVar" and child.get("relname"):
-            yield str(child["relname"])
-    if name == "DropStmt":
-        for obj in fields.get("objects", ()):
-            items = unwrap(obj)[1].get("items", ())
-            if items:
-                yield str(unwrap(items[-1])[1].get("sval", ""))
 
 
 def _relation(rv: dict[str, Any], start: int, end: int) -> Relation:
@@ -260,6 +257,13 @@ def _dml(kind: str, node: dict[str, Any], toks: Tokens, chars: Offsets) -> Dml:
             where = (where_token.end, clause_end)
     elif op == "insert" and node.get("onConflictClause") is not None:
         conflict = upsert(node, toks, clause_end, chars)
+    merge_spans = None
+    if op == "merge":
+        try:
+            merge_spans = merge(node, toks, location, clause_end)
+            target_end = merge_spans.using
+        except MergeShapeError:
+            pass  # 18 needs no spans; 17 runs it uncaptured (merge.py)
     target_start = keyword_token.end
     if op == "delete":
         from_word = toks.first("FROM", after=keyword, before=location + 1)
@@ -282,6 +286,7 @@ def _dml(kind: str, node: dict[str, Any], toks: Tokens, chars: Offsets) -> Dml:
         deterministic=deterministic([where_node, from_items]),
         aliases=_aliases(rv, [*from_items, node.get("sourceRelation")]),
         problem=problem,
+        merge=merge_spans,
     )
 
 

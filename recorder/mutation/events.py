@@ -84,7 +84,11 @@ def mutation_events(
         if after is None and after_text is None:
             op = "delete"
         elif before_text is None:
-            op = "update" if inserted == b"false" else "insert"  # an upsert racing a writer
+            # An UPDATE whose locking CTE had no before image for the row (a key rows share,
+            # past the byte bound) is still an update; an upsert's row without one was
+            # inserted, unless it raced a writer.
+            missing = capture.op == "update" and capture.form.startswith("cte-")
+            op = "update" if inserted == b"false" or missing else "insert"
         else:
             op = "update"
         image = after if after is not None else before or {}

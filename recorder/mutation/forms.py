@@ -28,14 +28,17 @@ exactly as sent.
 PostgreSQL 18 has ``RETURNING old.*, new.*``: every statement just returns
 ``to_json(old)``/``to_json(new)``. Before 18, INSERT and DELETE need nothing
 more (the new row, the deleted row), and UPDATE and INSERT ... ON CONFLICT DO
-UPDATE read the before image through a locking CTE (:mod:`.locking`).
+UPDATE read the before image through a locking CTE (:mod:`.locking`), as MERGE
+does on 17 (:mod:`.merge`; before 17 MERGE has no RETURNING).
 """
 
 from __future__ import annotations
 
 from .analyze import Dml, StatementInfo
+from .ctes import with_ctes
 from .identity import SELECT_NONE, TableIdentity
 from .locking import update, upsert
+from .merge import merge
 from .splice import (
     IDENTITY,
     INSERTED,
@@ -54,7 +57,6 @@ from .splice import (
     StatementPlan,
     Unsupported,
     identity_only,
-    returning_joint,
     tail,
 )
 
@@ -68,13 +70,30 @@ _RELKINDS = {"v": "view", "f": "foreign-table", "m": "matview"}
 
 
 def rewrite(
-    sql: str, infos: tuple[StatementInfo, ...], *, server_major: int, lookup: Lookup
+    sql: str,
+    infos: tuple[StatementInfo, ...],
+    *,
+    server_major: int,
+    lookup: Lookup,
+    readback: bool = False,
 ) -> Rewrite:
+    """``readback``: the text runs as a simple Query, where a statement with writable CTEs
+    is followed by our read-back of their rows (see :mod:`.ctes`)."""
     out = Out(sql)
     plans: list[StatementPlan] = []
     cursor = 0
     changed = False
     for info in infos:
+        if info.ctes:
+            done = with_ctes(
+                out, info, cursor, server_major=server_major, readback=readback,
+                lookup=lookup, form=lambda o, i, d: _statement(o, i, d, server_major, lookup),
+            )  # fmt: skip
+            plans.extend(done)
+            if done[0].ctes:
+                cursor = info.end
+                changed = True
+            continue
         dml = info.dml
         if dml is None:
             plans.append(StatementPlan(uncaptured=info.uncaptured))
@@ -117,8 +136,8 @@ def _statement(
     ret = dml.returning
     # What no identity would change first: a statement never captured gets no lookup.
     if server_major < 18:
-        if dml.op == "merge":
-            raise Unsupported("merge-before-pg17" if server_major < 17 else "merge-pg17")
+        if dml.op == "merge" and server_major < 17:
+            raise Unsupported("merge-before-pg17")
         if ret is not None and ret.options_close is not None:
             raise Unsupported("returning-with-before-pg18")
     elif (ret is None or ret.old is None or ret.new is None) and {"old", "new"} & dml.aliases:
@@ -135,6 +154,8 @@ def _statement(
         raise Unsupported("no-select-privilege")
     if server_major >= 18:
         return _native(out, info, dml, known)
+    if dml.op == "merge":
+        return merge(out, info, dml, known)
     if dml.op == "update":
         return update(out, info, dml, known)
     if dml.upsert is not None and dml.upsert.action == "update":
@@ -146,7 +167,7 @@ def _statement(
     versions = (xmin, NULL) if dml.op == "delete" else (NULL, xmin)
     roles, extra = tail(dml, known, (OLD, NEW), [old, new], versions)
     out.copy(info.start, info.end)
-    out.add(returning_joint(dml) + ", ".join(extra))
+    out.returning(dml, extra)
     return Capture(dml.op, dml.target.regclass, roles, ret is not None, "returning", known)
 
 
@@ -158,5 +179,5 @@ def _native(out: Out, info: StatementInfo, dml: Dml, known: TableIdentity) -> Ca
     versions = (f"{old}.xmin{TEXT}", f"{new}.xmin{TEXT}")
     roles, extra = tail(dml, known, (OLD, NEW), values, versions)
     out.copy(info.start, info.end)
-    out.add(returning_joint(dml) + ", ".join(extra))
+    out.returning(dml, extra)
     return Capture(dml.op, dml.target.regclass, roles, ret is not None, "returning-old-new", known)

@@ -29,6 +29,7 @@ the in-band lookup covers the rest.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ SKIP_SECONDS: Final = 60.0
 SELECT_TABLE, SELECT_COLUMNS, SELECT_NONE = "table", "columns", "none"
 # (database, role): what a cached identity holds for (privileges are per role).
 Scope = tuple[str, str]
+# What a session's start does about its scope's preload (see :mod:`.preload`).
+PRELOAD_DUE, PRELOAD_LOADED, PRELOAD_BACKING_OFF = "due", "loaded", "backing-off"
+_LAST_NAME = re.compile(r'(?:"((?:[^"]|"")*)"|([^."]+))$')
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +127,10 @@ def identity_expression(server_major: int) -> str:
         "pg_catalog.unnest(p.indkey::pg_catalog.int2[]) WITH ORDINALITY AS k(att, i), "
         "pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = k.att), "
         "(SELECT x.indisprimary FROM pg_catalog.pg_index x WHERE x.indrelid = c.oid "
-        "AND x.indisprimary), c.relhasrules, c.relrowsecurity OR c.relforcerowsecurity, "
+        "AND x.indisprimary), "
+        # Not relhasrules: it stays true after the last rule is dropped (until a VACUUM).
+        "EXISTS (SELECT FROM pg_catalog.pg_rewrite r WHERE r.ev_class = c.oid "
+        "AND r.rulename <> '_RETURN'), c.relrowsecurity OR c.relforcerowsecurity, "
         "(SELECT pg_catalog.array_agg(a.attname ORDER BY a.attnum) FROM pg_catalog.pg_attribute a "
         "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), "
         "CASE WHEN pg_catalog.has_table_privilege(c.oid, 'SELECT') THEN 'table' "
@@ -170,6 +177,32 @@ class IdentityCache:
         self.generation = 0  # bumped on every change, so cached rewrites know they are stale
         # Scopes whose tables were loaded at a session's start.
         self.loaded: set[Scope] = set()
+        # Scopes whose preload failed, until when no session tries it again: the same
+        # query would fail the same way for every session of a pool.
+        self._preload_failed: dict[Scope, float] = {}
+        # (database, user of the StartupMessage) -> (session_user, current_user) as a
+        # preload found them: a role's default ``role`` setting makes them differ.
+        self.started: dict[Scope, tuple[str, str]] = {}
+
+    def preload_state(self, scope: Scope) -> str:
+        """Whether a session of ``scope`` (its StartupMessage's user) should preload:
+        PRELOAD_DUE, PRELOAD_LOADED (for the role its sessions start as, see
+        :attr:`started`) or PRELOAD_BACKING_OFF (failed less than :data:`SKIP_SECONDS`
+        ago)."""
+        users = self.started.get(scope)
+        if (scope if users is None else (scope[0], users[1])) in self.loaded:
+            return PRELOAD_LOADED
+        until = self._preload_failed.get(scope)
+        if until is not None:
+            if until > time.monotonic():
+                return PRELOAD_BACKING_OFF
+            del self._preload_failed[scope]
+        return PRELOAD_DUE
+
+    def preload_failed(self, scope: Scope, seconds: float = SKIP_SECONDS) -> None:
+        if len(self._preload_failed) >= self._max:
+            self._preload_failed.clear()
+        self._preload_failed[scope] = time.monotonic() + seconds
 
     def get(self, scope: Scope, relation: str) -> TableIdentity | None:
         return self._known.get((*scope, relation))
@@ -220,15 +253,35 @@ class IdentityCache:
 
     def forget_names(self, database: str, names: set[str] | None) -> None:
         """After DDL (GRANT and policies included): forgets tables whose name (any schema)
-        is in ``names``, for every role; None = all of the database's."""
+        is in ``names``, for every role; None = all of the database's. Tables set aside
+        after a failed rewrite are tried again: what made it fail may be what changed."""
         stale = [
             key
             for key, ident in self._known.items()
             if key[0] == database and (names is None or ident.name in names)
         ]
+        stale += [
+            key
+            for key in self._skip
+            if key[0] == database and (names is None or _last_name(key[2]) in names)
+        ]
         for key in stale:
-            del self._known[key]
+            self._known.pop(key, None)
+            self._skip.pop(key, None)
         if names is None:
             self.loaded = {s for s in self.loaded if s[0] != database}
+            self.started = {s: u for s, u in self.started.items() if s[0] != database}
+            self._preload_failed = {s: t for s, t in self._preload_failed.items()
+                                    if s[0] != database}  # fmt: skip
         if stale:
             self.generation += 1
+
+
+def _last_name(relation: str) -> str:
+    """A relation as a statement wrote it (``s.t``, ``"T"``) to its name as the catalog
+    spells it (unquoted names are folded to lower case)."""
+    match = _LAST_NAME.search(relation)
+    if match is None:
+        return relation
+    quoted, plain = match.groups()
+    return quoted.replace('""', '"') if quoted is not None else plain.lower()

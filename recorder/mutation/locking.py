@@ -31,6 +31,7 @@ from __future__ import annotations
 from .analyze import Dml, StatementInfo
 from .capture import MAX_CAPTURE_BYTES
 from .identity import TableIdentity, quote_literal
+from .keyrow import by_key, row_cte, row_entries
 from .nodes import quote_ident
 from .splice import (
     INSERTED,
@@ -40,7 +41,6 @@ from .splice import (
     Capture,
     Out,
     Unsupported,
-    returning_joint,
     stamped,
     tail,
 )
@@ -52,18 +52,8 @@ def update(out: Out, info: StatementInfo, dml: Dml, known: TableIdentity) -> Cap
     target = dml.target
     ref = target.ref
     assigned = set(dml.set_columns)
-    if known.key and not (assigned | set(known.generated)) & set(known.key):
-        columns = ", ".join(f"{ref}.{quote_ident(k)}" for k in known.key)
-        row_key = f"pg_catalog.jsonb_build_array({columns}){TEXT}"
-        form = "cte-key"
-    elif known.update_triggers:
-        raise Unsupported("no-stable-row-key")
-    else:
-        dropped = sorted(assigned | set(known.generated))
-        names = ", ".join(quote_literal(c) for c in dropped)
-        array = f"ARRAY[{names}]::pg_catalog.text[]" if dropped else "'{}'::pg_catalog.text[]"
-        row_key = f"(pg_catalog.to_jsonb({ref}) - {array}){TEXT}"
-        form = "cte-unassigned-columns"
+    row_key, form = stable_key(ref, known, assigned)
+    one = form == "cte-key" and by_key(out.source, dml, known)  # one row: see .keyrow
     versioned = stamped(known)
     lock = "UPDATE" if assigned & set(known.key) else "NO KEY UPDATE"
     # WITH [client CTEs,] __flux_old AS (SELECT key, image FROM target [, from] [WHERE ...]
@@ -71,7 +61,8 @@ def update(out: Out, info: StatementInfo, dml: Dml, known: TableIdentity) -> Cap
     out.copy(info.start, dml.keyword)
     out.add(", " if dml.has_with else "WITH ")
     xmin = f", {ref}.xmin{TEXT} AS __flux_xmin" if versioned else ""
-    out.add(f"__flux_old AS (SELECT {row_key} AS __flux_k, pg_catalog.to_json({ref}){TEXT} "
+    key = "" if one else f"{row_key} AS __flux_k, "
+    out.add(f"__flux_old AS (SELECT {key}pg_catalog.to_json({ref}){TEXT} "
             f"AS __flux_img{xmin} FROM ")  # fmt: skip
     out.copy(target.start, target.end)
     if dml.from_span is not None:
@@ -80,15 +71,7 @@ def update(out: Out, info: StatementInfo, dml: Dml, known: TableIdentity) -> Cap
     if dml.where is not None:
         out.add(" WHERE ")
         out.copy(*dml.where)
-    version = ", pg_catalog.min(__flux_xmin)" if versioned else ""
-    out.add(
-        f" FOR {lock} OF {ref}), __flux_map AS (SELECT pg_catalog.jsonb_object_agg(__flux_k, "
-        "__flux_v) AS __flux_m FROM (SELECT __flux_k, CASE WHEN pg_catalog.count(DISTINCT "
-        "__flux_img) = 1 THEN pg_catalog.jsonb_build_array(pg_catalog.min(__flux_img)"
-        f"{version}) END AS __flux_v, pg_catalog.sum(pg_catalog.sum(pg_catalog.octet_length("
-        "__flux_img))) OVER (ROWS UNBOUNDED PRECEDING) AS __flux_n FROM __flux_old GROUP BY "
-        f"__flux_k) AS __flux_g WHERE __flux_n <= {MAX_CAPTURE_BYTES}) "
-    )
+    out.add(f" FOR {lock} OF {ref}), {row_cte(versioned) if one else map_cte(versioned)} ")
     # UPDATE target SET ... [FROM ...] WHERE [(where) AND] (SELECT true FROM __flux_map)
     where_end = dml.where[1] if dml.where is not None else (
         dml.from_span[1] if dml.from_span is not None else dml.set_end
@@ -103,13 +86,40 @@ def update(out: Out, info: StatementInfo, dml: Dml, known: TableIdentity) -> Cap
         out.add(" WHERE")
     out.add(" (SELECT true FROM __flux_map)" + (" " if where_end < info.end else ""))
     out.copy(where_end, info.end)
-    out.add(returning_joint(dml))
     entry = f"((SELECT __flux_m FROM __flux_map) -> {row_key})"
-    values = [f"({entry} ->> 0)", f"pg_catalog.to_json({ref}){TEXT}"]
-    versions = (f"({entry} ->> 1)", f"{ref}.xmin{TEXT}")
+    old, old_version = row_entries() if one else (f"({entry} ->> 0)", f"({entry} ->> 1)")
+    values = [old, f"pg_catalog.to_json({ref}){TEXT}"]
+    versions = (old_version, f"{ref}.xmin{TEXT}")
     roles, extra = tail(dml, known, (OLD, NEW), values, versions)
-    out.add(", ".join(extra))
+    out.returning(dml, extra)
     return Capture("update", target.regclass, roles, dml.returning is not None, form, known)
+
+
+def stable_key(ref: str, known: TableIdentity, assigned: set[str]) -> tuple[str, str]:
+    """A row key that is the same before and after the change (see above), and its form."""
+    if known.key and not (assigned | set(known.generated)) & set(known.key):
+        columns = ", ".join(f"{ref}.{quote_ident(k)}" for k in known.key)
+        return f"pg_catalog.jsonb_build_array({columns}){TEXT}", "cte-key"
+    if known.update_triggers:
+        raise Unsupported("no-stable-row-key")
+    dropped = sorted(assigned | set(known.generated))
+    names = ", ".join(quote_literal(c) for c in dropped)
+    array = f"ARRAY[{names}]::pg_catalog.text[]" if dropped else "'{}'::pg_catalog.text[]"
+    return f"(pg_catalog.to_jsonb({ref}) - {array}){TEXT}", "cte-unassigned-columns"
+
+
+def map_cte(versioned: bool) -> str:
+    """``__flux_map``: __flux_old's rows as one jsonb object, key -> [image, version];
+    a key several distinct rows share gets none, and images past the byte bound stop it."""
+    version = ", pg_catalog.min(__flux_xmin)" if versioned else ""
+    return (
+        "__flux_map AS (SELECT pg_catalog.jsonb_object_agg(__flux_k, "
+        "__flux_v) AS __flux_m FROM (SELECT __flux_k, CASE WHEN pg_catalog.count(DISTINCT "
+        "__flux_img) = 1 THEN pg_catalog.jsonb_build_array(pg_catalog.min(__flux_img)"
+        f"{version}) END AS __flux_v, pg_catalog.sum(pg_catalog.sum(pg_catalog.octet_length("
+        "__flux_img))) OVER (ROWS UNBOUNDED PRECEDING) AS __flux_n FROM __flux_old GROUP BY "
+        f"__flux_k) AS __flux_g WHERE __flux_n <= {MAX_CAPTURE_BYTES})"
+    )
 
 
 def upsert(out: Out, info: StatementInfo, dml: Dml, known: TableIdentity) -> Capture:
@@ -160,7 +170,6 @@ def upsert(out: Out, info: StatementInfo, dml: Dml, known: TableIdentity) -> Cap
         out.add(f" WHERE {gate}true ELSE false END ")
         cursor = clause.action_end
     out.copy(cursor, info.end)
-    out.add(returning_joint(dml))
     match = " AND ".join(f"__flux_old.__flux_k{i} = {c}" for i, c in enumerate(cols))
     values = [
         f"(SELECT __flux_old.__flux_img FROM __flux_old WHERE {match} LIMIT 1)",
@@ -176,7 +185,7 @@ def upsert(out: Out, info: StatementInfo, dml: Dml, known: TableIdentity) -> Cap
         # not see (a row a concurrent transaction inserted) from an insert.
         extra.append(f"({ref}.xmax{TEXT} = '0'){TEXT}")
         roles = (*roles, INSERTED)
-    out.add(", ".join(extra))
+    out.returning(dml, extra)
     return Capture(
         "insert", dml.target.regclass, roles, dml.returning is not None, "cte-upsert", known
     )

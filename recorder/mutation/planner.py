@@ -5,7 +5,9 @@ a regex over the leading comments and whitespace). A text that starts with
 SELECT, SHOW, BEGIN... and holds no second statement is never parsed. Texts
 that may change data or the schema are parsed once (pglast) and the analysis is
 cached by text; the rewrite is cached too, and rebuilt from the cached analysis
-(string splicing, no parse) when what is known about tables changes.
+(string splicing, no parse) when what is known about tables changes. Texts that
+differ only in their constants (values sent inline) share one rewrite, carried
+over without a parse (:mod:`.shapes`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from protocols.sqltext import split_statements, statement_kind
 from .analyze import StatementInfo, analyze
 from .forms import Rewrite, rewrite
 from .identity import IdentityCache, TableIdentity
+from .shapes import ShapeCache, shape
 
 # First keywords of statements that can change rows or the schema, or manage prepared
 # statements; anything else (select, show, set, begin...) is not looked at further.
 INTERESTING: Final = frozenset(
     {"insert", "update", "delete", "merge", "with", "copy", "truncate", "call", "do",
      "prepare", "explain", "alter", "drop", "create", "grant", "revoke", "reindex",
-     "comment"}
+     "comment", "reassign", "security", "import"}
 )  # fmt: skip
 MAX_CACHED: Final = 2048
 UNPARSABLE: Final = "unparsable"
@@ -39,6 +42,7 @@ class Planner:
         self._analyses: dict[str, tuple[StatementInfo, ...] | None] = {}
         self._rewrites: dict[tuple[str, str, str, int], tuple[int, Rewrite]] = {}
         self.parses = 0  # how many texts went through pglast (tests check SELECTs add none)
+        self.shapes = ShapeCache(MAX_CACHED)  # texts that differ only in constants
 
     def interesting(self, sql: str) -> bool:
         """The gate: False means the text changes no data and needs no parse."""
@@ -65,11 +69,20 @@ class Planner:
         self._analyses[sql] = infos
         return infos
 
-    def plan(self, sql: str, database: str, server_major: int, role: str = "") -> Rewrite | None:
+    def plan(
+        self, sql: str, database: str, server_major: int, role: str = "", *, query: bool = False
+    ) -> Rewrite | None:
         """The rewrite of ``sql``, or None when the text needs no attention at all. ``role``
-        names whose privileges apply (identities are learnt and cached per role)."""
+        names whose privileges apply (identities are learnt and cached per role); ``query``:
+        it runs as a simple Query (writable CTEs are read back in the same text)."""
         if not self.interesting(sql):
             return None
+        form = shape(sql)
+        scope_key = (database, role, server_major, query)
+        if form is not None:
+            carried = self.shapes.get(form, sql, scope_key, self.identities.generation)
+            if carried is not None:
+                return carried
         infos = self.analysis(sql)
         if infos is None:
             return None
@@ -77,7 +90,8 @@ class Planner:
             if info.is_ddl:
                 names = None if info.ddl_names is None else set(info.ddl_names)
                 self.identities.forget_names(database, names)
-        key = (sql, database, role, server_major)
+        readback = query and any(info.ctes for info in infos)
+        key = (sql, database, role, server_major if not readback else -server_major)
         generation = self.identities.generation
         cached = self._rewrites.get(key)
         if cached is not None and cached[0] == generation:
@@ -88,8 +102,13 @@ class Planner:
         def lookup(relation: str) -> TableIdentity | str | None:
             return identities.skipped(scope, relation) or identities.get(scope, relation)
 
-        result = replace(rewrite(sql, infos, server_major=server_major, lookup=lookup), role=role)
+        result = replace(
+            rewrite(sql, infos, server_major=server_major, lookup=lookup, readback=readback),
+            role=role,
+        )
         if len(self._rewrites) >= MAX_CACHED:
             self._rewrites.clear()
         self._rewrites[key] = (self.identities.generation, result)
+        if form is not None and not any(info.is_ddl for info in infos):
+            self.shapes.learn(form, sql, scope_key, self.identities.generation, result)
         return result

@@ -68,6 +68,9 @@ class SessionRole:
         self._user = user if user is not None else f"{_UNKNOWN}session"
         self._session = self._user  # SET SESSION AUTHORIZATION
         self._role: str | None = None  # SET ROLE; None: NONE
+        # The role setting's value at the session's start (RESET ROLE and DISCARD ALL
+        # return to it): a role's or a database's default, or the startup options'.
+        self._default: str | None = None
         # What applies once the current transaction ends, if a change in it may not last.
         self._at_end: tuple[str, str | None] | None = None
 
@@ -75,13 +78,21 @@ class SessionRole:
     def current(self) -> str:
         return self._role or self._session
 
+    def started_as(self, session: str, current: str) -> None:
+        """What the server said the session's users are at its start, before any
+        statement of the client's: they replace the StartupMessage's user."""
+        self._user = self._session = session
+        self._default = self._role = current if current != session else None
+        self._at_end = None
+
     def seen(self, sql: str, *, in_transaction: bool) -> str:
         """A Query or Parse text the client sent; ``in_transaction``: the session was not
         idle at the last ReadyForQuery (a multi-statement text is one transaction too).
         Returns the role to rewrite this text for: a text that changes the role between
         its statements gets a role no cache holds (each table is only looked up)."""
         kind = statement_kind(sql)
-        if kind not in ROLE_KINDS and kind not in _ENDS and ";" not in sql:
+        # A trailing ';' (psql, pgbench) ends the only statement: nothing to split.
+        if kind not in ROLE_KINDS and kind not in _ENDS and ";" not in sql.rstrip(" \t\r\n;"):
             return self.current
         statements = split_statements(sql) if ";" in sql else [sql.strip()]
         several = len(statements) > 1
@@ -119,11 +130,11 @@ class SessionRole:
             self._role, scope = None, auth["scope"]
         elif reset is not None:
             if reset["what"].lower() == "role":
-                self._role = None
+                self._role = self._default
             else:
                 self._session, self._role = self._user, None
         elif _DISCARD_ALL.fullmatch(text):
-            self._session, self._role = self._user, None
+            self._session, self._role = self._user, self._default
         elif statement_kind(text) == "set" and _MENTIONS.search(text):
             setting = _SETTING.match(text)
             if setting is not None and setting["name"].lower() not in _ROLE_SETTINGS:

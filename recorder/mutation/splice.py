@@ -36,6 +36,9 @@ class Capture:
 class StatementPlan:
     capture: Capture | None = None
     uncaptured: str | None = None  # a data change that runs unchanged, and why
+    # Writable CTEs whose rows the statement leaves in a setting (see .ctes), in order.
+    ctes: tuple[Capture, ...] = ()
+    readback: tuple[Capture, ...] = ()  # our own statement reading that setting back
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +74,26 @@ class Out:
         self.parts: list[str] = []
         self.segments: list[tuple[int, int, int]] = []
         self.size = 0
+        # Spans of the source copied as other text (rewritten CTEs): (start, end, text).
+        self.patches: list[tuple[int, int, Out]] = []
+        # How a form's values end its RETURNING list; None: as columns of their own.
+        self.columns: Callable[[list[str]], str] | None = None
+
+    def returning(self, dml: Dml, values: list[str]) -> None:
+        self.add(returning_joint(dml) + (self.columns or ", ".join)(values))
 
     def copy(self, start: int, end: int) -> None:
+        for p_start, p_end, text in self.patches:
+            if start <= p_start and p_end <= end:
+                self.copy_plain(start, p_start)
+                for at, origin, length in text.segments:
+                    self.segments.append((self.size + at, origin, length))
+                self.parts.extend(text.parts)
+                self.size += text.size
+                start = p_end
+        self.copy_plain(start, end)
+
+    def copy_plain(self, start: int, end: int) -> None:
         if end > start:
             self.segments.append((self.size, start, end - start))
             self.parts.append(self.source[start:end])

@@ -124,7 +124,7 @@ def test_mutation_log_equals_the_audit_trigger(
     info = sidecar.conninfo()
     info["database"] = info.pop("dbname")
     asyncio.run(_asyncpg_corpus(info, 1000))
-    tables = set(oracle.AUDITED) - {"archive", "ctr"}
+    tables = set(oracle.AUDITED) - {"ctr"}  # archive: written by a writable CTE too
     if oracle_db.version < 17:
         tables -= set(oracle.UNCAPTURED_BEFORE_17)
     counters = sidecar.stats()
@@ -141,7 +141,7 @@ def test_mutation_log_equals_the_audit_trigger(
     assert kinds["notes"] == "whole row" and kinds["ri"] == "replica identity"
     assert kinds["pairs"] == "primary key"
     # What ran uncaptured is counted, with why.
-    assert counters.get("mutations.uncaptured.writable-cte", 0) == 2
+    assert not any(k.startswith("mutations.uncaptured.writable-cte") for k in counters)
     if oracle_db.version < 17:
         assert counters.get("mutations.uncaptured.merge-before-pg17", 0) == 4
     if oracle_db.version < 18:

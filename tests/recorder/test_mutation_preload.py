@@ -4,8 +4,20 @@ the relation (see recorder.mutation.analyze: the cache key is the relation as wr
 from __future__ import annotations
 
 from recorder.mutation.analyze import analyze
-from recorder.mutation.identity import IdentityCache
-from recorder.mutation.preload import preload_entries, preload_sql
+from recorder.mutation.identity import (
+    PRELOAD_BACKING_OFF,
+    PRELOAD_DUE,
+    PRELOAD_LOADED,
+    IdentityCache,
+)
+from recorder.mutation.preload import (
+    preload_answered,
+    preload_entries,
+    preload_sql,
+    preload_users,
+    session_start,
+)
+from recorder.mutation.roles import SessionRole
 
 ROW = b'[%d, "%s", "%s", "r", ["id"], true, false, false, ["id"], "table", null, false]'
 
@@ -38,5 +50,43 @@ def test_a_load_is_one_generation_step_and_bounded() -> None:
 
 def test_the_query_is_bounded_and_reads_the_catalog_only() -> None:
     sql = preload_sql(15, limit=7)
-    assert sql.endswith("LIMIT 7") and "pg_catalog.pg_class c" in sql
+    assert sql.endswith("LIMIT 7)") and "pg_catalog.pg_class c" in sql
     assert "attgenerated" not in preload_sql(11)
+
+
+def test_the_first_row_names_the_users_and_the_identities_are_filed_under_the_current_one() -> None:
+    cache = IdentityCache()
+    rows = [(b'["grp", "app"]', None), (ROW % (1, b"public", b"t"), b"t")]
+    assert preload_users(rows) == ("app", "grp")
+    assert preload_entries(rows) == preload_entries(rows[1:])
+    role = SessionRole("app")
+    preload_answered(cache, ("db", "app"), rows, role)
+    assert role.current == "grp" and cache.get(("db", "grp"), "t") is not None
+    assert cache.get(("db", "app"), "t") is None
+    role.seen("SET ROLE NONE", in_transaction=False)
+    assert role.current == "app"
+    role.seen("RESET ROLE", in_transaction=False)
+    assert role.current == "grp"
+    later = SessionRole("app")  # the next session of the user: no preload, starts as grp
+    assert session_start(cache, ("db", "app"), later) == PRELOAD_LOADED
+    assert later.current == "grp"
+    cache.forget_names("db", None)  # ALTER ROLE ... SET role, say: asked again
+    assert session_start(cache, ("db", "app"), SessionRole("app")) == PRELOAD_DUE
+
+
+def test_a_session_whose_user_was_unknown_teaches_the_others_nothing() -> None:
+    cache = IdentityCache()
+    role = SessionRole(None)
+    scope = ("db", role.current)
+    preload_answered(cache, scope, [(b'["web", "app"]', None)], role)
+    assert role.current == "web"
+    assert session_start(cache, scope, SessionRole(None)) == PRELOAD_DUE
+
+
+def test_a_failed_preload_is_not_due_again_for_a_while() -> None:
+    cache = IdentityCache()
+    cache.preload_failed(("db", "app"))
+    assert cache.preload_state(("db", "app")) == PRELOAD_BACKING_OFF
+    assert cache.preload_state(("db", "web")) == PRELOAD_DUE
+    cache.preload_failed(("db", "app"), seconds=-1)
+    assert cache.preload_state(("db", "app")) == PRELOAD_DUE
