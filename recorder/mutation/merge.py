@@ -32,11 +32,13 @@ changed before then are not among those the CTE locks).
 
 Source, ON and the WHEN MATCHED conditions run twice, which is only done when
 they are deterministic (:mod:`.safety`); the CTE evaluates the conditions in
-their order through CASE, as MERGE does. WHEN NOT MATCHED BY SOURCE ... DELETE
-needs nothing (RETURNING gives the deleted row; the CTE's join does not reach
-those rows); WHEN NOT MATCHED BY SOURCE ... UPDATE would need a second CTE
-reading the rows no source row matches, and runs uncaptured. A MERGE without a
-WHEN MATCHED ... UPDATE clause needs no CTE at all.
+their order through CASE, as MERGE does, and only on pairs ON matches (the CASE
+checks ON first: a join's quals are evaluated in whatever order the planner
+picks). WHEN NOT MATCHED BY SOURCE ... DELETE needs nothing (RETURNING gives the
+deleted row; the CTE's join does not reach those rows); WHEN NOT MATCHED BY
+SOURCE ... UPDATE would need a second CTE reading the rows no source row matches,
+and runs uncaptured. A MERGE without a WHEN MATCHED ... UPDATE clause needs no
+CTE at all.
 
 The op of each row is ``merge_action()``: ``inserted`` tells an UPDATE whose
 before image is missing from an INSERT.
@@ -101,7 +103,13 @@ def merge(out: Out, info: StatementInfo, dml: Dml, known: TableIdentity) -> Capt
         out.copy(*spans.source)
         out.add(" WHERE (")
         out.copy(*spans.on)
-        out.add(") AND CASE")
+        # The conditions only on pairs ON matches, as MERGE evaluates them: the planner
+        # orders a join's quals by cost, and a condition that can fail (a division by
+        # zero) must not meet a pair MERGE never looks at. The first ON stays the join
+        # clause; the CASE repeats it in front of the conditions.
+        out.add(") AND CASE WHEN (")
+        out.copy(*spans.on)
+        out.add(") IS NOT TRUE THEN false")
         for clause in matched:
             out.add(" WHEN ")
             if clause.condition is None:

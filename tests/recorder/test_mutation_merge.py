@@ -113,7 +113,8 @@ def test_the_cte_locks_only_what_the_update_clauses_change_and_each_gets_the_gat
     assert plan(sql).sql == (
         f"WITH x AS (SELECT 1) , __flux_old AS (SELECT {KEY} AS __flux_k, "
         f"pg_catalog.to_json(t){TEXT} AS __flux_img, t.xmin{TEXT} AS __flux_xmin FROM  t ,  "
-        "(VALUES (1, 2)) s(id, v)  WHERE ( t.id = s.id ) AND CASE WHEN ( s.v > 9 ) THEN false "
+        "(VALUES (1, 2)) s(id, v)  WHERE ( t.id = s.id ) AND CASE WHEN ( t.id = s.id ) IS NOT "
+        "TRUE THEN false WHEN ( s.v > 9 ) THEN false "
         "WHEN ( s.v < 0 ) THEN false WHEN ( s.v = 1 ) THEN true WHEN true THEN true ELSE false "
         f"END FOR NO KEY UPDATE OF t), {MAP} MERGE INTO t USING (VALUES (1, 2)) s(id, v) ON "
         "t.id = s.id WHEN MATCHED AND s.v > 9 THEN DELETE WHEN MATCHED AND s.v < 0 THEN DO "
