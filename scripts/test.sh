@@ -12,8 +12,14 @@ bash scripts/setup.sh
 
 status=0
 
+# Two workers (FLUX_TEST_WORKERS), each taking whole test files, so a module's shared
+# servers and sidecars stay in one process: most tests wait on servers, not on the CPU,
+# and two halve the suite's time on a two-core machine. 0 runs everything in one process.
+workers="${FLUX_TEST_WORKERS:-2}"
+parallel=()
+[[ "$workers" == "0" ]] || parallel=(-n "$workers" --dist loadfile)
 pytest_rc=0
-.venv/bin/pytest -q --durations=15 "$@" || pytest_rc=$?
+.venv/bin/pytest -q --durations=15 "${parallel[@]}" "$@" || pytest_rc=$?
 if [[ $pytest_rc -eq 5 ]]; then
     echo "[test] pytest collected no tests: counting that as a failure" >&2
 fi

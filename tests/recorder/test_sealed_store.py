@@ -103,6 +103,7 @@ def test_payload_swapped_between_events_does_not_open(
 @pytest.mark.parametrize(
     "column, value",
     [("trace_id", new_trace_id()), ("span_id", "00f067aa0ba902b7"), ("start_ns", 7), ("kind", UDP)],
+    ids=["trace_id", "span_id", "start_ns", "kind"],  # the same on every xdist worker
 )
 def test_routing_fields_are_bound(
     sealed: tuple[Path, list[Event]], key1: PrivateKey, column: str, value: object
