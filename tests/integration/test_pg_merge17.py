@@ -205,6 +205,11 @@ WIRE = [
      "WHEN MATCHED AND random() < 2 THEN UPDATE SET v = 0"),
     ("by source update", "MERGE INTO mt USING (VALUES (1)) s(id) ON mt.id = s.id "
      "WHEN NOT MATCHED BY SOURCE THEN UPDATE SET v = 0"),
+    # A WHEN condition is evaluated on matched pairs only: (50, 0) matches no row, and the
+    # locking CTE must not divide by its zero either (the planner would push the condition
+    # down to the source's scan).
+    ("condition on matches only", "MERGE INTO mt USING (VALUES (1, 100), (2, 100), (50, 0)) "
+     "s(id, d) ON mt.id = s.id WHEN MATCHED AND 100 / s.d = 1 THEN UPDATE SET v = mt.v + 1"),
 ]  # fmt: skip
 AS_SENT_ON_17 = {"nondeterministic", "by source update"}
 
@@ -256,8 +261,8 @@ def test_every_message_is_the_same_direct_and_through(
         "identity-unknown": 0, "merge-pg17": 0,
     })  # fmt: skip
     # Per round, through both protocols: update 1, insert 3; conditional: delete 4, update 1,
-    # delete 5, insert 3; delete 2; update 1.
-    assert len(mutations(sidecar)) == 2 * 2 * (2 + 4 + 1 + 1)
+    # delete 5, insert 3; delete 2; update 1; update 1 and 2.
+    assert len(mutations(sidecar)) == 2 * 2 * (2 + 4 + 1 + 1 + 2)
 
 
 # (name, the concurrent change, the MERGE that waits for it, the table)
