@@ -156,12 +156,12 @@ class AnswerSide:
         head = self._queue[0]
         if head.kind == PRELOAD:
             return True
-        if _reading(head):
-            return type_byte in b"TDC"  # the answers to our read-back (see .pgreadback)
         if head.kind == OURS:
             return type_byte in b"123"  # the answers to our own Close, Parse and Bind: dropped
-        if head.rewrite is None:
+        if head.rewrite is None:  # the bulk of the traffic: nothing of ours in it
             return False
+        if _reading(head):
+            return type_byte in b"TDC"  # the answers to our read-back (see .pgreadback)
         if type_byte == 0x45:  # ErrorResponse: its position may need mapping
             return True
         if type_byte == 0x54 and head.kind == DESCRIBE:  # RowDescription

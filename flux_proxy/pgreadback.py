@@ -15,7 +15,7 @@ forwarded to the client.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from protocols import pgwire
 from recorder.mutation.ctes import read_back, readback_sql
@@ -23,6 +23,9 @@ from recorder.mutation.identity import parse_lookup
 from recorder.mutation.splice import IDENTITY, Capture, Rewrite
 
 from .pgrows import cut_data_row
+
+if TYPE_CHECKING:  # pganswers imports this module
+    from .pganswers import AnswerSide, Request
 
 READBACK_KIND: Final = 10  # a request kind beside pganswers' own: our Execute of the read-back
 STATEMENT: Final = "__flux_readback"
@@ -61,11 +64,12 @@ def executes_ctes(rewrite: Rewrite | None) -> bool:
     return rewrite is not None and bool(rewrite.statements) and bool(rewrite.statements[0].ctes)
 
 
-def answer(side: Any, head: Any, type_byte: int, message: bytes) -> bytes:
-    """One answer to a read-back (``side`` is the :class:`~flux_proxy.pganswers.AnswerSide`,
-    ``head`` its request): dropped; at its CommandComplete the rows become captures of
-    the statement just executed, which is what the transaction tracker marks."""
-    rewrite: Rewrite = head.rewrite
+def answer(side: AnswerSide, head: Request, type_byte: int, message: bytes) -> bytes:
+    """One answer to a read-back (``head``, at the head of ``side``'s queue): dropped; at
+    its CommandComplete the rows become captures of the statement just executed, which is
+    what the transaction tracker marks."""
+    rewrite = head.rewrite
+    assert rewrite is not None
     if head.kind == READBACK_KIND:
         ctes = rewrite.statements[0].ctes
     else:

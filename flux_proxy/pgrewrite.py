@@ -91,7 +91,9 @@ class PgRewriter(AnswerSide):
         self._cycle: list[StatementCapture] = []
         self._holding = False
         self._held_front = bytearray()
-        self._unread: set[str] = set()  # portals bound and not executed yet (see .pgreadback)
+        # Portals of statements with writable CTEs, bound and not executed yet: their first
+        # Execute is followed by our read-back (see .pgreadback).
+        self._unread: set[str] = set()
 
     # -- frontend ------------------------------------------------------------------
 
@@ -122,11 +124,6 @@ class PgRewriter(AnswerSide):
     def holding(self) -> bool:
         """Our preload is under way: client bytes wait for its answer."""
         return self._holding
-
-    @property
-    def held(self) -> bool:
-        """Client bytes wait for our preload's answer."""
-        return bool(self._held_front)
 
     def release(self) -> bytes:
         """The client bytes held while our preload was answered, as they go upstream."""
@@ -186,7 +183,6 @@ class PgRewriter(AnswerSide):
             end = body.index(0, 1 if type_byte in b"DC" else 0)
             name = body[1 if type_byte in b"DC" else 0 : end].decode("utf-8", "surrogateescape")
             if type_byte == 0x42:  # Bind: portal, then statement
-                self._unread.add(name)
                 statement = body[end + 1 : body.index(0, end + 1)].decode(
                     "utf-8", "surrogateescape"
                 )
@@ -202,6 +198,8 @@ class PgRewriter(AnswerSide):
                     request.previous = self._portals.get(name)
                     self._portals[name] = bound
                     self._queue.append(request)
+                    if executes_ctes(bound):
+                        self._unread.add(name)
                     return None
             elif type_byte == 0x44:  # Describe
                 table = self._statements if body[0] == 0x53 else self._portals
@@ -219,10 +217,10 @@ class PgRewriter(AnswerSide):
                 ):
                     # No rows for the client, so no row limit: the rows are all ours.
                     sent = pgwire.encode(pgwire.Execute(portal=name, max_rows=0))
-                first = name in self._unread
-                self._unread.discard(name)
-                if first and running is not None and executes_ctes(running):
-                    # Our read-back of its writable CTEs' rows (see .pgreadback).
+                if name in self._unread and executes_ctes(running):
+                    # The portal's first Execute: our read-back of its writable CTEs' rows
+                    # (see .pgreadback).
+                    self._unread.discard(name)
                     self._queue.extend([Request(OURS), Request(OURS),
                                         Request(READBACK_KIND, running), Request(OURS),
                                         Request(OURS)])  # fmt: skip
@@ -264,6 +262,8 @@ class PgRewriter(AnswerSide):
                 request.previous = self._portals.get(portal)
                 self._remember(self._portals, portal, rewrite)
                 self._queue.append(request)
+                if executes_ctes(rewrite):
+                    self._unread.add(portal)
                 capture = rewrite.statements[0].capture if rewrite else None
                 if capture is not None and len(formats) > 1:
                     extra = (pgwire.TEXT_FORMAT,) * len(capture.roles)

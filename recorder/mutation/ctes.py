@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from dataclasses import replace
 from typing import Final
 
 from .analyze import Dml, StatementInfo
@@ -51,12 +51,13 @@ from .splice import (
     IDENTITY,
     TEXT,
     Capture,
+    Form,
     Lookup,
     NeedIdentity,
     Out,
     StatementPlan,
     Unsupported,
-    identity_only,
+    plan_dml,
 )
 from .withclause import STAR, WritableCte
 
@@ -82,9 +83,6 @@ READBACK: Final = (
     f"{_WEIGHT_NOW} AS w OFFSET 0) AS __flux_w"
 )
 UNKNOWN: Final = "identity-unknown"
-
-# forms' capture of one statement: (out, statement, its dml) -> what it returns
-Form = Callable[[Out, StatementInfo, Dml], Capture]
 
 
 def side_effect(index: int, values: list[str]) -> str:
@@ -149,27 +147,16 @@ def _plan(
 ) -> StatementPlan:
     patches, captures = _render(out.source, info, server_major, lookup, form)
     out.copy(cursor, info.start)
-    mark = (len(out.parts), len(out.segments), out.size)
     out.patches = patches
     try:
         dml = info.dml
         if dml is None:
             out.copy(info.start, info.end)
             return StatementPlan(ctes=captures)
-        try:
-            return StatementPlan(capture=form(out, info, dml), ctes=captures)
-        except Unsupported as exc:
-            del out.parts[mark[0] :], out.segments[mark[1] :]
-            out.size = mark[2]
-            if not isinstance(exc, NeedIdentity):
-                out.copy(info.start, info.end)
-                return StatementPlan(uncaptured=str(exc), ctes=captures)
-            identity_only(out, dml, info.start, info.end, server_major)
-            capture = Capture(
-                dml.op, dml.target.regclass, (IDENTITY,), dml.returning is not None,
-                "identity-only", None, str(exc),
-            )  # fmt: skip
-            return StatementPlan(capture=capture, ctes=captures)
+        plan = plan_dml(out, info, dml, server_major, form)
+        if plan.capture is None:
+            out.copy(info.start, info.end)  # as sent, its CTEs rewritten
+        return replace(plan, ctes=captures)
     finally:
         out.patches = []
 

@@ -56,7 +56,7 @@ from .splice import (
     Rewrite,
     StatementPlan,
     Unsupported,
-    identity_only,
+    plan_dml,
     tail,
 )
 
@@ -83,11 +83,15 @@ def rewrite(
     plans: list[StatementPlan] = []
     cursor = 0
     changed = False
+
+    def form(o: Out, i: StatementInfo, d: Dml) -> Capture:
+        return _statement(o, i, d, server_major, lookup)
+
     for info in infos:
         if info.ctes:
             done = with_ctes(
                 out, info, cursor, server_major=server_major, readback=readback,
-                lookup=lookup, form=lambda o, i, d: _statement(o, i, d, server_major, lookup),
+                lookup=lookup, form=form,
             )  # fmt: skip
             plans.extend(done)
             if done[0].ctes:
@@ -98,25 +102,12 @@ def rewrite(
         if dml is None:
             plans.append(StatementPlan(uncaptured=info.uncaptured))
             continue
-        mark = (len(out.parts), len(out.segments), out.size)
         out.copy(cursor, info.start)
-        try:
-            capture = _statement(out, info, dml, server_major, lookup)
-        except Unsupported as exc:
-            del out.parts[mark[0] :], out.segments[mark[1] :]
-            out.size = mark[2]
-            if not isinstance(exc, NeedIdentity):
-                plans.append(StatementPlan(uncaptured=str(exc)))
-                continue
-            # Run it otherwise unchanged, with only the catalog lookup appended: the next
-            # statement on this table can then be captured.
-            out.copy(cursor, info.start)
-            identity_only(out, dml, info.start, info.end, server_major)
-            capture = Capture(
-                dml.op, dml.target.regclass, (IDENTITY,), dml.returning is not None,
-                "identity-only", None, str(exc),
-            )  # fmt: skip
-        plans.append(StatementPlan(capture=capture))
+        plan = plan_dml(out, info, dml, server_major, form)
+        plans.append(plan)
+        if plan.capture is None:
+            cursor = info.start  # it runs as sent: copied with what follows
+            continue
         cursor = info.end
         changed = True
     out.copy(cursor, len(sql))

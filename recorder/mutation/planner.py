@@ -77,8 +77,11 @@ class Planner:
         it runs as a simple Query (writable CTEs are read back in the same text)."""
         if not self.interesting(sql):
             return None
-        form = shape(sql)
         scope_key = (database, role, server_major, query)
+        # A text seen before is planned from its cached analysis (a dict lookup, usually
+        # of the rewrite too); only a new one is worth shaping, to spare it a parse.
+        seen = sql in self._analyses
+        form = None if seen else shape(sql)
         if form is not None:
             carried = self.shapes.get(form, sql, scope_key, self.identities.generation)
             if carried is not None:
@@ -109,6 +112,8 @@ class Planner:
         if len(self._rewrites) >= MAX_CACHED:
             self._rewrites.clear()
         self._rewrites[key] = (self.identities.generation, result)
+        if seen:
+            form = shape(sql)  # planned again: what is known about its tables changed
         if form is not None and not any(info.is_ddl for info in infos):
             self.shapes.learn(form, sql, scope_key, self.identities.generation, result)
         return result

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .analyze import Dml
+from .analyze import Dml, StatementInfo
 from .identity import SELECT_TABLE, TableIdentity, lookup_sql, quote_literal
 
 OLD, NEW, OID, IDENTITY, INSERTED = "old", "new", "oid", "identity", "inserted"
@@ -139,7 +139,29 @@ def returning_joint(dml: Dml) -> str:
     return ", " if dml.returning is not None else " RETURNING "
 
 
-def identity_only(out: Out, dml: Dml, start: int, end: int, server_major: int) -> None:
-    """The statement as sent, plus the catalog lookup: it reads no column of the table."""
-    out.copy(start, end)
-    out.add(returning_joint(dml) + lookup_sql(dml.target.regclass, server_major))
+# A statement form: writes the statement with its capture to ``out``, or raises Unsupported.
+Form = Callable[[Out, StatementInfo, Dml], Capture]
+
+
+def plan_dml(
+    out: Out, info: StatementInfo, dml: Dml, server_major: int, form: Form
+) -> StatementPlan:
+    """The statement as ``form`` captures it. When the form refuses it, nothing is written
+    and the plan says why, unless only the table's identity is missing: then the statement
+    as sent plus the catalog lookup (it reads no column of the table), so that the next
+    statement on the table can be captured."""
+    mark = (len(out.parts), len(out.segments), out.size)
+    try:
+        return StatementPlan(capture=form(out, info, dml))
+    except Unsupported as exc:
+        del out.parts[mark[0] :], out.segments[mark[1] :]
+        out.size = mark[2]
+        if not isinstance(exc, NeedIdentity):
+            return StatementPlan(uncaptured=str(exc))
+        out.copy(info.start, info.end)
+        out.add(returning_joint(dml) + lookup_sql(dml.target.regclass, server_major))
+        capture = Capture(
+            dml.op, dml.target.regclass, (IDENTITY,), dml.returning is not None,
+            "identity-only", None, str(exc),
+        )  # fmt: skip
+        return StatementPlan(capture=capture)
